@@ -1,0 +1,1 @@
+//! Tokens: session tokens, join tickets, TURN credentials, admin key.

@@ -1,0 +1,1 @@
+//! Signaling protocol v1: typed messages and the pure parser.
