@@ -7,9 +7,23 @@
 //!
 //! The public API is what `tools/`, `tests/` and `fuzz/` need.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
 
+pub mod api;
+pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod directory;
+pub mod engine;
+pub mod front;
+pub mod http;
 pub mod ids;
+pub mod metrics;
 pub mod protocol;
+pub mod ratelimit;
 pub mod secret;
+pub mod server;
+pub mod signaling;
+pub mod store;
+pub mod worker;

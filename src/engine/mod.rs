@@ -1,0 +1,554 @@
+//! The media engine of one worker: its rooms and participants, sans-IO.
+//!
+//! Inputs are [`Engine::handle_command`] and [`Engine::handle_timeout`] with the
+//! time passed in; outputs are events sent on each participant's [`SessionLink`]
+//! (bounded, never blocking) and [`Engine::poll_timeout`]. The worker driver
+//! (`crate::worker`) owns the clock and the sockets.
+//!
+//! Invariants: a participant belongs to exactly one room of this engine; every
+//! `rtc.participant.left` is preceded by `rtc.track.unpublished` for each of its
+//! tracks; a stale participant (socket gone) keeps its place for the reconnect
+//! grace window and is removed with reason `disconnected` after it.
+
+pub mod command;
+pub mod link;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::auth::Permissions;
+use crate::directory::{Directory, WorkerId};
+use crate::ids::{ChannelId, DeviceId, RequestId, SessionId, UserUid};
+use crate::metrics::Metrics;
+use crate::protocol::{
+    ClientRequest, ErrorCode, Joined, KickReason, LeaveReason, MediaState, Participant,
+    ServerMessage, Track, UnpublishReason,
+};
+use crate::secret::{Secret, constant_time_eq, random_hex};
+
+use command::{Command, JoinGrant};
+use link::{SessionEvent, SessionLink};
+
+/// How often the engine looks for dead sockets and expired grace windows.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Limits and timers of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This worker's index.
+    pub worker_id: WorkerId,
+    /// `room_full` past this.
+    pub participants_per_channel: usize,
+    /// `track_limit` past this.
+    pub tracks_per_participant: usize,
+    /// How long a participant whose socket dropped stays (protocol-v1 §6).
+    pub reconnect_grace: Duration,
+    /// How long an empty room keeps its directory entry.
+    pub room_linger: Duration,
+}
+
+struct Member {
+    session_id: SessionId,
+    user: UserUid,
+    device: DeviceId,
+    permissions: Permissions,
+    media_state: MediaState,
+    link: SessionLink,
+    stale_since: Option<Instant>,
+    resume_secret: Secret<String>,
+    tracks: Vec<Track>,
+}
+
+impl Member {
+    fn participant(&self) -> Participant {
+        Participant {
+            session_id: self.session_id.clone(),
+            user_uid: self.user.clone(),
+            device_id: self.device.clone(),
+            media_state: self.media_state.clone(),
+            tracks: self.tracks.clone(),
+        }
+    }
+
+    fn resume_token(&self) -> Secret<String> {
+        Secret::new(format!(
+            "{}.{}",
+            self.session_id.as_str(),
+            self.resume_secret.expose()
+        ))
+    }
+}
+
+struct Room {
+    /// In join order.
+    members: Vec<Member>,
+    empty_since: Option<Instant>,
+}
+
+/// One worker's rooms.
+pub struct Engine {
+    cfg: EngineConfig,
+    directory: Arc<Directory>,
+    metrics: Arc<Metrics>,
+    rooms: HashMap<ChannelId, Room>,
+    sessions: HashMap<SessionId, ChannelId>,
+    next_tick: Option<Instant>,
+}
+
+impl Engine {
+    /// An engine with no rooms.
+    pub fn new(cfg: EngineConfig, directory: Arc<Directory>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            cfg,
+            directory,
+            metrics,
+            rooms: HashMap::new(),
+            sessions: HashMap::new(),
+            next_tick: None,
+        }
+    }
+
+    /// Number of participants (placement load).
+    pub fn participant_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Number of rooms.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Handles one command from the front.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        match cmd {
+            Command::Join {
+                link,
+                request_id,
+                grant,
+            } => self.join(now, link, request_id, grant),
+            Command::Resume {
+                link,
+                request_id,
+                channel,
+                token,
+            } => self.resume(link, request_id, channel, token),
+            Command::Request {
+                session_id,
+                conn_id,
+                request_id,
+                request,
+            } => self.request(now, session_id, conn_id, request_id, request),
+            Command::SocketClosed {
+                session_id,
+                conn_id,
+            } => {
+                if let Some(m) = self.member_mut(&session_id) {
+                    if m.link.conn_id() == conn_id && m.stale_since.is_none() {
+                        m.stale_since = Some(now);
+                        log::info!("participant stale session_id={session_id}");
+                    }
+                }
+            }
+        }
+        self.next_tick.get_or_insert(now + TICK);
+    }
+
+    /// When [`Engine::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_tick
+    }
+
+    /// Expires grace windows, notices dead sockets, forgets empty rooms.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_tick.is_none_or(|t| now < t) {
+            return;
+        }
+        let grace = self.cfg.reconnect_grace;
+        let mut expired = Vec::new();
+        for room in self.rooms.values_mut() {
+            for m in &mut room.members {
+                if m.stale_since.is_none() && m.link.is_dead() {
+                    m.stale_since = Some(now);
+                    log::info!("participant stale session_id={}", m.session_id);
+                }
+                if m.stale_since.is_some_and(|t| now.saturating_duration_since(t) >= grace) {
+                    expired.push(m.session_id.clone());
+                }
+            }
+        }
+        for sid in expired {
+            log::info!("reconnect grace expired session_id={sid}");
+            self.remove_member(&sid, LeaveReason::Disconnected, None);
+        }
+        let linger = self.cfg.room_linger;
+        let worker = self.cfg.worker_id;
+        let directory = &self.directory;
+        self.rooms.retain(|ch, room| {
+            if !room.members.is_empty() {
+                return true;
+            }
+            let since = *room.empty_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= linger {
+                directory.remove(ch, worker);
+                log::info!("room closed channel_id={ch}");
+                false
+            } else {
+                true
+            }
+        });
+        self.metrics.set_worker_load(worker, self.rooms.len(), self.sessions.len());
+        self.directory.set_load(worker, self.sessions.len());
+        self.next_tick = (!self.rooms.is_empty()).then_some(now + TICK);
+    }
+
+    fn member_mut(&mut self, sid: &SessionId) -> Option<&mut Member> {
+        let ch = self.sessions.get(sid)?;
+        self.rooms
+            .get_mut(ch)?
+            .members
+            .iter_mut()
+            .find(|m| &m.session_id == sid)
+    }
+
+    fn reply(link: &SessionLink, request_id: RequestId, message: ServerMessage) {
+        link.send(SessionEvent::Response {
+            request_id,
+            message,
+        });
+    }
+
+    fn error(link: &SessionLink, request_id: RequestId, code: ErrorCode, message: &str) {
+        Self::reply(
+            link,
+            request_id,
+            ServerMessage::Error {
+                code,
+                message: message.to_string(),
+                retry_after_ms: None,
+            },
+        );
+    }
+
+    fn join(
+        &mut self,
+        now: Instant,
+        link: SessionLink,
+        request_id: RequestId,
+        grant: JoinGrant,
+    ) {
+        let channel = grant.channel.clone();
+        if !self.rooms.contains_key(&channel) && !self.directory.claim(&channel, self.cfg.worker_id)
+        {
+            // The room was closed here and re-placed elsewhere between the front's
+            // look-up and this command: the client retries and lands right.
+            Self::reply(
+                &link,
+                request_id,
+                ServerMessage::Error {
+                    code: ErrorCode::ServerBusy,
+                    message: "room moved to another worker, retry".into(),
+                    retry_after_ms: Some(100),
+                },
+            );
+            return;
+        }
+        // Same user and device as a live session: replace it (protocol-v1 §5).
+        let replaced = self.rooms.get(&channel).and_then(|r| {
+            r.members
+                .iter()
+                .find(|m| m.user == grant.user && m.device == grant.device)
+                .map(|m| m.session_id.clone())
+        });
+        if let Some(old) = replaced {
+            log::info!(
+                "session replaced channel_id={channel} user_uid={} device_id={} session_id={old}",
+                grant.user,
+                grant.device
+            );
+            self.remove_member(&old, LeaveReason::Replaced, Some(KickReason::Replaced));
+        }
+        let room = self.rooms.entry(channel.clone()).or_insert_with(|| Room {
+            members: Vec::new(),
+            empty_since: None,
+        });
+        if room.members.len() >= self.cfg.participants_per_channel {
+            self.metrics.join_failed("room_full");
+            Self::error(
+                &link,
+                request_id,
+                ErrorCode::RoomFull,
+                &format!(
+                    "channel has {} participants, the most it takes",
+                    self.cfg.participants_per_channel
+                ),
+            );
+            return;
+        }
+        room.empty_since = None;
+        let member = Member {
+            session_id: SessionId::mint(),
+            user: grant.user.clone(),
+            device: grant.device.clone(),
+            permissions: grant.permissions,
+            media_state: MediaState::default(),
+            link,
+            stale_since: None,
+            resume_secret: Secret::new(random_hex(24)),
+            tracks: Vec::new(),
+        };
+        let others: Vec<Participant> = room.members.iter().map(Member::participant).collect();
+        let me = member.participant();
+        let joined = ServerMessage::Joined(Joined {
+            session_id: member.session_id.clone(),
+            user_uid: member.user.clone(),
+            device_id: member.device.clone(),
+            permissions: grant
+                .permissions
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            resume_token: member.resume_token(),
+            resumed: false,
+            participants: others,
+            // Filled in by the front, which holds the TURN secret.
+            ice_servers: Vec::new(),
+        });
+        member.link.send(SessionEvent::Joined {
+            request_id,
+            message: joined,
+            session_id: member.session_id.clone(),
+        });
+        for other in &room.members {
+            other
+                .link
+                .send(SessionEvent::Event(ServerMessage::ParticipantJoined(me.clone())));
+        }
+        log::info!(
+            "participant joined channel_id={channel} user_uid={} device_id={} session_id={}",
+            member.user,
+            member.device,
+            member.session_id
+        );
+        self.sessions.insert(member.session_id.clone(), channel.clone());
+        room.members.push(member);
+        self.publish_snapshot(&channel);
+        let _ = now;
+    }
+
+    fn resume(
+        &mut self,
+        link: SessionLink,
+        request_id: RequestId,
+        channel: ChannelId,
+        token: Secret<String>,
+    ) {
+        let found = token
+            .expose()
+            .split_once('.')
+            .and_then(|(sid, secret)| {
+                let sid = SessionId::parse(sid).ok()?;
+                let m = self.member_mut(&sid)?;
+                constant_time_eq(secret.as_bytes(), m.resume_secret.expose().as_bytes())
+                    .then_some(sid)
+            })
+            .filter(|sid| self.sessions.get(sid) == Some(&channel));
+        let Some(sid) = found else {
+            self.metrics.join_failed("resume_failed");
+            Self::error(
+                &link,
+                request_id,
+                ErrorCode::ResumeFailed,
+                "unknown, used or expired resume token; join with a new ticket",
+            );
+            link.send(SessionEvent::Close {
+                kicked: None,
+                code: 4401,
+                reason: "resume failed",
+            });
+            return;
+        };
+        let room = self.rooms.get_mut(&channel).expect("sessions maps to a live room");
+        let others: Vec<Participant> = room
+            .members
+            .iter()
+            .filter(|m| m.session_id != sid)
+            .map(Member::participant)
+            .collect();
+        let m = room
+            .members
+            .iter_mut()
+            .find(|m| m.session_id == sid)
+            .expect("found above");
+        if m.link.conn_id() != link.conn_id() && !m.link.is_dead() {
+            // The old socket is still open (the client noticed the drop first).
+            m.link.send(SessionEvent::Close {
+                kicked: None,
+                code: 1000,
+                reason: "session resumed on another connection",
+            });
+            m.link.mark_closed();
+        }
+        link.adopt_replay(&m.link);
+        m.link = link;
+        m.stale_since = None;
+        m.resume_secret = Secret::new(random_hex(24));
+        let joined = ServerMessage::Joined(Joined {
+            session_id: m.session_id.clone(),
+            user_uid: m.user.clone(),
+            device_id: m.device.clone(),
+            permissions: m.permissions.names().into_iter().map(String::from).collect(),
+            resume_token: m.resume_token(),
+            resumed: true,
+            participants: others,
+            // Filled in by the front, which holds the TURN secret.
+            ice_servers: Vec::new(),
+        });
+        m.link.send(SessionEvent::Joined {
+            request_id,
+            message: joined,
+            session_id: sid.clone(),
+        });
+        log::info!("session resumed channel_id={channel} session_id={sid}");
+    }
+
+    fn request(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        conn_id: u64,
+        request_id: RequestId,
+        request: ClientRequest,
+    ) {
+        let Some(m) = self.member_mut(&sid) else {
+            return;
+        };
+        if m.link.conn_id() != conn_id {
+            return; // A request from a socket this session has moved away from.
+        }
+        let link = m.link.clone();
+        match request {
+            ClientRequest::MediaState(patch) => {
+                let changed = m.media_state.apply(&patch);
+                let (user, state) = (m.user.clone(), m.media_state.clone());
+                Self::reply(&link, request_id, ServerMessage::Ack);
+                if changed {
+                    let ev = ServerMessage::MediaStateChanged {
+                        session_id: sid.clone(),
+                        user_uid: user,
+                        state,
+                    };
+                    self.broadcast_except(&sid, &ev);
+                    self.publish_snapshot_of(&sid);
+                }
+            }
+            ClientRequest::Leave => {
+                Self::reply(&link, request_id, ServerMessage::Ack);
+                self.remove_member(&sid, LeaveReason::Left, None);
+                link.send(SessionEvent::Close {
+                    kicked: None,
+                    code: 1000,
+                    reason: "left",
+                });
+            }
+            ClientRequest::OfferPublish { .. }
+            | ClientRequest::OfferSubscribe { .. }
+            | ClientRequest::IceCandidate(_)
+            | ClientRequest::SubscriptionUpdate { .. } => {
+                Self::error(
+                    &link,
+                    request_id,
+                    ErrorCode::NegotiationFailed,
+                    "this server has no media engine yet: signaling only",
+                );
+            }
+            ClientRequest::Join(_) | ClientRequest::Ping(_) => {
+                // The front answers these itself; reaching here is a front bug.
+                Self::error(&link, request_id, ErrorCode::Internal, "unexpected request");
+            }
+        }
+        let _ = now;
+    }
+
+    fn broadcast_except(&self, sid: &SessionId, ev: &ServerMessage) {
+        let Some(room) = self.sessions.get(sid).and_then(|ch| self.rooms.get(ch)) else {
+            return;
+        };
+        for m in room.members.iter().filter(|m| &m.session_id != sid) {
+            m.link.send(SessionEvent::Event(ev.clone()));
+        }
+    }
+
+    /// Removes a participant: its tracks unpublished, then `participant.left`, both
+    /// with `reason`; `kick` sends it `rtc.kicked` and closes its socket.
+    fn remove_member(&mut self, sid: &SessionId, reason: LeaveReason, kick: Option<KickReason>) {
+        let Some(channel) = self.sessions.remove(sid) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&channel) else {
+            return;
+        };
+        let Some(pos) = room.members.iter().position(|m| &m.session_id == sid) else {
+            return;
+        };
+        let m = room.members.remove(pos);
+        if let Some(k) = kick {
+            let (code, text) = match k {
+                KickReason::Replaced => (4409, "replaced"),
+                KickReason::Banned => (4403, "banned"),
+                KickReason::Kicked | KickReason::TimeoutExpiredSession => (4410, "kicked"),
+            };
+            m.link.send(SessionEvent::Close {
+                kicked: Some((k, format!("{text} by the server"))),
+                code,
+                reason: text,
+            });
+            m.link.mark_closed();
+        }
+        for other in &room.members {
+            for t in &m.tracks {
+                other
+                    .link
+                    .send(SessionEvent::Event(ServerMessage::TrackUnpublished {
+                        track_id: t.track_id.clone(),
+                        session_id: m.session_id.clone(),
+                        reason: UnpublishReason::from(reason),
+                    }));
+            }
+            other
+                .link
+                .send(SessionEvent::Event(ServerMessage::ParticipantLeft {
+                    session_id: m.session_id.clone(),
+                    user_uid: m.user.clone(),
+                    device_id: m.device.clone(),
+                    reason,
+                }));
+        }
+        log::info!(
+            "participant left channel_id={channel} user_uid={} device_id={} session_id={} reason={reason:?}",
+            m.user,
+            m.device,
+            m.session_id
+        );
+        self.publish_snapshot(&channel);
+    }
+
+    fn publish_snapshot_of(&self, sid: &SessionId) {
+        if let Some(ch) = self.sessions.get(sid) {
+            self.publish_snapshot(ch);
+        }
+    }
+
+    fn publish_snapshot(&self, channel: &ChannelId) {
+        let list = self
+            .rooms
+            .get(channel)
+            .map(|r| r.members.iter().map(Member::participant).collect())
+            .unwrap_or_default();
+        self.directory.update(channel, self.cfg.worker_id, list);
+        self.directory.set_load(self.cfg.worker_id, self.sessions.len());
+        self.metrics
+            .set_worker_load(self.cfg.worker_id, self.rooms.len(), self.sessions.len());
+    }
+}

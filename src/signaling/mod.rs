@@ -1,0 +1,3 @@
+//! Signaling sessions: one WebSocket's protocol state, sans-IO.
+
+pub mod session;
