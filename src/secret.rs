@@ -34,9 +34,11 @@ impl<T> fmt::Display for Secret<T> {
     }
 }
 
-/// Compares two byte strings in time independent of where they differ.
+/// Compares two byte strings in time independent of where they differ (the
+/// length is not hidden: compare digests where it matters).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    ring::constant_time::verify_slices_are_equal(a, b).is_ok()
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// Fills `buf` from the operating system's CSPRNG.

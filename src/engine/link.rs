@@ -12,10 +12,10 @@
 //! The link also carries the session's replay cache (idempotency, protocol-v1 §2),
 //! so a resumed session on another socket keeps it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::ids::RequestId;
 use crate::protocol::{KickReason, ServerMessage};
@@ -111,7 +111,10 @@ impl ReplayCache {
 
 struct LinkInner {
     conn_id: u64,
+    /// Unbounded in type, bounded by `queued`: an array channel would allocate all
+    /// [`SESSION_QUEUE`] slots up front for every idle session.
     events: Sender<SessionEvent>,
+    queued: AtomicUsize,
     notified: AtomicBool,
     lagged: AtomicBool,
     closed: AtomicBool,
@@ -135,11 +138,12 @@ impl SessionLink {
     /// A new link for connection `conn_id` of the front behind `front`, and the
     /// receiving end the front drains.
     pub fn new(conn_id: u64, front: Arc<FrontNotifier>) -> (Self, Receiver<SessionEvent>) {
-        let (tx, rx) = crossbeam_channel::bounded(SESSION_QUEUE);
+        let (tx, rx) = crossbeam_channel::unbounded();
         let link = Self {
             inner: Arc::new(LinkInner {
                 conn_id,
                 events: tx,
+                queued: AtomicUsize::new(0),
                 notified: AtomicBool::new(false),
                 lagged: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
@@ -157,16 +161,16 @@ impl SessionLink {
         if inner.closed.load(Ordering::Acquire) {
             return false;
         }
-        let ok = match inner.events.try_send(ev) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                inner.lagged.store(true, Ordering::Release);
-                false
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                inner.closed.store(true, Ordering::Release);
-                return false;
-            }
+        let ok = if inner.queued.fetch_add(1, Ordering::AcqRel) >= SESSION_QUEUE {
+            inner.queued.fetch_sub(1, Ordering::AcqRel);
+            inner.lagged.store(true, Ordering::Release);
+            false
+        } else if inner.events.send(ev).is_err() {
+            inner.queued.fetch_sub(1, Ordering::AcqRel);
+            inner.closed.store(true, Ordering::Release);
+            return false;
+        } else {
+            true
         };
         if !inner.notified.swap(true, Ordering::AcqRel) {
             // Cannot be full: each connection is queued at most once and the
@@ -181,6 +185,13 @@ impl SessionLink {
     /// drain queues the connection again.
     pub fn clear_notified(&self) {
         self.inner.notified.store(false, Ordering::Release);
+    }
+
+    /// Takes the next event (front side).
+    pub fn try_recv(&self, rx: &Receiver<SessionEvent>) -> Option<SessionEvent> {
+        let ev = rx.try_recv().ok()?;
+        self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(ev)
     }
 
     /// Whether the worker overflowed this session's queue.

@@ -230,7 +230,7 @@ impl Session {
     /// Drains the worker's events for this session.
     pub fn handle_events(&mut self, app: &App, now: Instant, now_unix: u64) {
         self.link.clear_notified();
-        while let Ok(ev) = self.events.try_recv() {
+        while let Some(ev) = self.link.try_recv(&self.events) {
             self.handle_event(app, now, now_unix, ev);
         }
         if self.link.is_lagged() && self.phase != Phase::Closed {
