@@ -13,3 +13,4 @@ pub mod config;
 pub mod ids;
 pub mod protocol;
 pub mod secret;
+pub mod store;
