@@ -62,14 +62,15 @@ pub fn route(req: &Request, ctx: &Ctx<'_>) -> Routed {
         _ => Cors::None,
     };
     let origin = req.header("origin");
-    if let Some(o) = origin {
-        if cors == Cors::Browser && !ctx.app.config.origin_allowed(o) {
-            return Routed::Respond(Response::error(
-                403,
-                "origin_forbidden",
-                "this Origin is not in the allow-list",
-            ));
-        }
+    if let Some(o) = origin
+        && cors == Cors::Browser
+        && !ctx.app.config.origin_allowed(o)
+    {
+        return Routed::Respond(Response::error(
+            403,
+            "origin_forbidden",
+            "this Origin is not in the allow-list",
+        ));
     }
     if method == "OPTIONS" {
         let r = if cors == Cors::Browser {
@@ -135,21 +136,22 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
 
 fn with_cors(mut r: Response, cors: Cors, origin: Option<&str>) -> Response {
     if let (Cors::Browser, Some(o)) = (cors, origin) {
-        r.headers.push(("Access-Control-Allow-Origin", o.to_string()));
+        r.headers
+            .push(("Access-Control-Allow-Origin", o.to_string()));
         r.headers.push(("Vary", "Origin".to_string()));
     }
     r
 }
 
 fn upgrade_check(req: &Request, ctx: &Ctx<'_>) -> Routed {
-    if let Some(o) = req.header("origin") {
-        if !ctx.app.config.origin_allowed(o) {
-            return Routed::Respond(Response::error(
-                403,
-                "origin_forbidden",
-                "this Origin is not in the allow-list",
-            ));
-        }
+    if let Some(o) = req.header("origin")
+        && !ctx.app.config.origin_allowed(o)
+    {
+        return Routed::Respond(Response::error(
+            403,
+            "origin_forbidden",
+            "this Origin is not in the allow-list",
+        ));
     }
     let ok = req.header_has_token("upgrade", "websocket")
         && req.header_has_token("connection", "upgrade")
@@ -199,14 +201,17 @@ fn channel_param(ch: &str) -> Result<ChannelId, Response> {
 }
 
 fn json_body<'a, T: Deserialize<'a>>(req: &'a Request) -> Result<T, Response> {
-    if let Some(ct) = req.header("content-type") {
-        if !ct.trim_start().to_ascii_lowercase().starts_with("application/json") {
-            return Err(Response::error(
-                415,
-                "unsupported_media_type",
-                "Content-Type must be application/json",
-            ));
-        }
+    if let Some(ct) = req.header("content-type")
+        && !ct
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/json")
+    {
+        return Err(Response::error(
+            415,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+        ));
     }
     serde_json::from_slice(&req.body)
         .map_err(|e| Response::error(400, "bad_request", &format!("body: {e}")))
@@ -241,13 +246,17 @@ fn join_ticket(req: &Request, ctx: &Ctx<'_>, ch: &str) -> Response {
         }
         let mut perms = Permissions::default();
         let granted = claims.permissions_in(&channel);
-        for p in [Permission::Speak, Permission::Video, Permission::Screenshare] {
+        for p in [
+            Permission::Speak,
+            Permission::Video,
+            Permission::Screenshare,
+        ] {
             if granted.contains(p) {
                 perms.insert(p);
             }
         }
         let ticket = TicketClaims::new(
-            app.config.server_id.clone(),
+            &app.config.server_id,
             channel.clone(),
             claims.user_uid.clone(),
             device,
@@ -357,7 +366,12 @@ pub fn dev_channels(
 
 fn dev_session_token(req: &Request, ctx: &Ctx<'_>) -> Response {
     let app = ctx.app;
-    let Some(key) = app.config.secrets.dev_token_key.as_ref().filter(|_| app.config.mode.is_dev())
+    let Some(key) = app
+        .config
+        .secrets
+        .dev_token_key
+        .as_ref()
+        .filter(|_| app.config.mode.is_dev())
     else {
         return Response::error(404, "not_found", "dev endpoints are off in production mode");
     };
@@ -385,8 +399,10 @@ fn dev_session_token(req: &Request, ctx: &Ctx<'_>) -> Response {
 }
 
 fn admin(req: &Request, ctx: &Ctx<'_>, rest: &[&str]) -> Response {
-    if !crate::auth::admin_key_matches(&ctx.app.config.secrets.admin_key, req.header("authorization"))
-    {
+    if !crate::auth::admin_key_matches(
+        &ctx.app.config.secrets.admin_key,
+        req.header("authorization"),
+    ) {
         return Response::error(401, "unauthorized", "admin key required")
             .with_header("WWW-Authenticate", "Bearer");
     }

@@ -82,9 +82,9 @@ impl App {
 #[derive(Debug)]
 pub struct ConnectionLimits {
     max_total: usize,
-    max_per_ip: u32,
+    max_per_ip: usize,
     total: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// A held connection slot; released on drop.
@@ -96,7 +96,7 @@ pub struct ConnPermit {
 
 impl ConnectionLimits {
     /// Limits of `max_total` connections, `max_per_ip` from one address.
-    pub fn new(max_total: usize, max_per_ip: u32) -> Self {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
         Self {
             max_total,
             max_per_ip,

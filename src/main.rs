@@ -8,9 +8,13 @@ use clap::Parser;
 use prism::cli::{Cli, Command, DevTokenArgs, ServeArgs};
 use prism::server::Server;
 
+/// `PRISM_LOG` (or `RUST_LOG`) sets the filter; default `info`, str0m quieter.
 fn init_logging() {
-    let env = env_logger::Env::default().filter_or("RUST_LOG", "info,str0m=warn");
-    env_logger::Builder::from_env(env)
+    let filter = std::env::var("PRISM_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,str0m=warn".to_string());
+    env_logger::Builder::new()
+        .parse_filters(&filter)
         .format_timestamp_millis()
         .init();
 }
@@ -26,7 +30,7 @@ fn unix_now() -> u64 {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+    let result = match cli.command_or_serve() {
         Command::Serve(args) => serve(&args),
         Command::DevToken(args) => dev_token(&args),
         Command::CheckConfig(args) => check_config(&args),
@@ -72,31 +76,27 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 fn dev_token(args: &DevTokenArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = prism::config::load(&args.serve)?;
-    let Some(key) = config.secrets.dev_token_key.as_ref().filter(|_| config.mode.is_dev()) else {
+    let Some(key) = config
+        .secrets
+        .dev_token_key
+        .as_ref()
+        .filter(|_| config.mode.is_dev())
+    else {
         return Err("dev-token works only in dev mode".into());
     };
-    let user = prism::ids::UserUid::parse(&args.user).map_err(|e| format!("--user: {e}"))?;
-    let perms: Vec<String> = args
-        .perm
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(String::from)
-        .collect();
+    let perms: Vec<String> = args.perms.iter().map(|p| p.as_str().to_string()).collect();
     let channels = args
-        .channel
+        .channels
         .iter()
         .map(|c| (c.clone(), perms.clone()))
         .collect();
-    let channels = prism::api::dev_channels(&channels).map_err(|e| format!("--channel/--perm: {e}"))?;
-    for r in &args.role {
-        prism::ids::check_id(r, 64).map_err(|e| format!("--role: {e}"))?;
-    }
+    let channels =
+        prism::api::dev_channels(&channels).map_err(|e| format!("--channel/--perm: {e}"))?;
     let token = prism::auth::mint_dev_session_token(
         key,
-        &user,
+        &args.user,
         &channels,
-        &args.role,
+        &args.roles,
         unix_now(),
         args.ttl_s,
     );

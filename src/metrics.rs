@@ -87,30 +87,106 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register("rtc_active_rooms", "Rooms with at least one participant", m.active_rooms.clone());
-        r.register("rtc_active_participants", "Participants in all rooms", m.active_participants.clone());
-        r.register("rtc_join_ticket_issued", "Join tickets minted", m.join_ticket_issued.clone());
-        r.register("rtc_join_fail", "Joins refused, by reason", m.join_fail.clone());
-        r.register("rtc_publish_track", "Tracks published, by kind and source", m.publish_track.clone());
-        r.register("rtc_negotiation_error", "Offers that could not be accepted", m.negotiation_error.clone());
-        r.register("rtc_forced_disconnect", "Sessions cut by the server, by reason", m.forced_disconnect.clone());
-        r.register("rtc_forwarded_packets", "RTP packets forwarded to subscribers", m.forwarded_packets.clone());
-        r.register("rtc_forwarded_bytes", "RTP payload bytes forwarded to subscribers", m.forwarded_bytes.clone());
-        r.register("rtc_dropped_packets", "Packets dropped, by reason", m.dropped_packets.clone());
-        r.register("rtc_nack", "NACKs received from subscribers", m.nack.clone());
-        r.register("rtc_pli", "Keyframe requests sent to publishers", m.pli.clone());
-        r.register("rtc_worker_busy_seconds", "Time each media worker loop spent working", m.worker_busy.clone());
-        r.register("rtc_worker_queue_depth", "Commands waiting for each media worker", m.worker_queue_depth.clone());
-        r.register("rtc_signaling_connections", "Open HTTP and WebSocket connections", m.signaling_connections.clone());
-        r.register("rtc_signaling_sessions", "Open WebSocket signaling sessions", m.signaling_sessions.clone());
-        r.register("rtc_http_requests", "HTTP requests answered, by status", m.http_requests.clone());
-        r.register("rtc_store_dropped", "Audit records dropped because the store queue was full", m.store_dropped.clone());
+        r.register(
+            "rtc_active_rooms",
+            "Rooms with at least one participant",
+            m.active_rooms.clone(),
+        );
+        r.register(
+            "rtc_active_participants",
+            "Participants in all rooms",
+            m.active_participants.clone(),
+        );
+        r.register(
+            "rtc_join_ticket_issued",
+            "Join tickets minted",
+            m.join_ticket_issued.clone(),
+        );
+        r.register(
+            "rtc_join_fail",
+            "Joins refused, by reason",
+            m.join_fail.clone(),
+        );
+        r.register(
+            "rtc_publish_track",
+            "Tracks published, by kind and source",
+            m.publish_track.clone(),
+        );
+        r.register(
+            "rtc_negotiation_error",
+            "Offers that could not be accepted",
+            m.negotiation_error.clone(),
+        );
+        r.register(
+            "rtc_forced_disconnect",
+            "Sessions cut by the server, by reason",
+            m.forced_disconnect.clone(),
+        );
+        r.register(
+            "rtc_forwarded_packets",
+            "RTP packets forwarded to subscribers",
+            m.forwarded_packets.clone(),
+        );
+        r.register(
+            "rtc_forwarded_bytes",
+            "RTP payload bytes forwarded to subscribers",
+            m.forwarded_bytes.clone(),
+        );
+        r.register(
+            "rtc_dropped_packets",
+            "Packets dropped, by reason",
+            m.dropped_packets.clone(),
+        );
+        r.register(
+            "rtc_nack",
+            "NACKs received from subscribers",
+            m.nack.clone(),
+        );
+        r.register(
+            "rtc_pli",
+            "Keyframe requests sent to publishers",
+            m.pli.clone(),
+        );
+        r.register(
+            "rtc_worker_busy_seconds",
+            "Time each media worker loop spent working",
+            m.worker_busy.clone(),
+        );
+        r.register(
+            "rtc_worker_queue_depth",
+            "Commands waiting for each media worker",
+            m.worker_queue_depth.clone(),
+        );
+        r.register(
+            "rtc_signaling_connections",
+            "Open HTTP and WebSocket connections",
+            m.signaling_connections.clone(),
+        );
+        r.register(
+            "rtc_signaling_sessions",
+            "Open WebSocket signaling sessions",
+            m.signaling_sessions.clone(),
+        );
+        r.register(
+            "rtc_http_requests",
+            "HTTP requests answered, by status",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "rtc_store_dropped",
+            "Audit records dropped because the store queue was full",
+            m.store_dropped.clone(),
+        );
         for w in 0..workers.max(1) {
-            m.worker_busy.get_or_create(&label("worker", &w.to_string()));
-            m.worker_queue_depth.get_or_create(&label("worker", &w.to_string()));
+            let _ = m
+                .worker_busy
+                .get_or_create(&label("worker", &w.to_string()));
+            let _ = m
+                .worker_queue_depth
+                .get_or_create(&label("worker", &w.to_string()));
         }
         for reason in ["kicked", "banned", "replaced", "timeout"] {
-            m.forced_disconnect.get_or_create(&label("reason", reason));
+            let _ = m.forced_disconnect.get_or_create(&label("reason", reason));
         }
         Self { registry, ..m }
     }

@@ -62,7 +62,10 @@ pub struct Server {
     worker_shutdown: Arc<AtomicBool>,
 }
 
-#[expect(clippy::disallowed_methods, reason = "start-up reads the wall clock once")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "start-up reads the wall clock once"
+)]
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -71,7 +74,10 @@ fn unix_now() -> u64 {
 }
 
 /// Loads the TLS certificate chain and key (PEM) into a rustls config (ring).
-pub fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -102,13 +108,15 @@ impl Server {
         };
         let tls: TlsConfig = Arc::new(std::sync::RwLock::new(tls_cfg));
         let store = Store::open(&config.data_dir).map_err(|e| StartError::Store(e.to_string()))?;
-        let used_tickets = UsedTickets::load(&store, unix_now())
-            .map_err(|e| StartError::Store(e.to_string()))?;
+        let used_tickets =
+            UsedTickets::load(&store, unix_now()).map_err(|e| StartError::Store(e.to_string()))?;
         let session_tokens = SessionTokenVerifier::new(&config.session_tokens)
             .map_err(|e| StartError::Auth(e.to_string()))?;
         let listener = std::net::TcpListener::bind(config.listen)
             .map_err(|e| StartError::Bind(config.listen, e))?;
-        let local_addr = listener.local_addr().map_err(|e| StartError::Bind(config.listen, e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(config.listen, e))?;
 
         let workers_n = config.media.workers.max(1);
         let metrics = Arc::new(Metrics::new(workers_n));
@@ -156,15 +164,25 @@ impl Server {
         let mut fronts = Vec::new();
         for i in 0..app.config.front_threads.max(1) {
             fronts.push(
-                FrontThread::spawn(i, &listener, app.clone(), tls.clone(), front_shutdown.clone())
-                    .map_err(StartError::Thread)?,
+                FrontThread::spawn(
+                    i,
+                    &listener,
+                    app.clone(),
+                    tls.clone(),
+                    front_shutdown.clone(),
+                )
+                .map_err(StartError::Thread)?,
             );
         }
         app.ready.store(true, Ordering::Release);
         log::info!(
             "prism listening on {}{} ({} front threads, {} media workers, mode {:?})",
             local_addr,
-            if app.config.tls.is_some() { " (TLS)" } else { "" },
+            if app.config.tls.is_some() {
+                " (TLS)"
+            } else {
+                ""
+            },
             fronts.len(),
             workers.len(),
             app.config.mode

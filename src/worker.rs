@@ -61,7 +61,10 @@ impl Worker {
     }
 }
 
-#[expect(clippy::disallowed_methods, reason = "the worker driver owns the media clock")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the worker driver owns the media clock"
+)]
 fn now() -> Instant {
     Instant::now()
 }
@@ -82,16 +85,16 @@ fn run(
             Duration::ZERO
         } else {
             engine
-            .poll_timeout()
-            .map(|t| t.saturating_duration_since(now()))
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1))
+                .poll_timeout()
+                .map(|t| t.saturating_duration_since(now()))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1))
         };
-        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                log::error!("media worker {id}: poll failed: {e}");
-                return;
-            }
+        if let Err(e) = poll.poll(&mut events, Some(timeout))
+            && e.kind() != std::io::ErrorKind::Interrupted
+        {
+            log::error!("media worker {id}: poll failed: {e}");
+            return;
         }
         let start = now();
         if shutdown.load(Ordering::Acquire) {

@@ -66,7 +66,7 @@ impl Member {
             session_id: self.session_id.clone(),
             user_uid: self.user.clone(),
             device_id: self.device.clone(),
-            media_state: self.media_state.clone(),
+            media_state: self.media_state,
             tracks: self.tracks.clone(),
         }
     }
@@ -143,11 +143,12 @@ impl Engine {
                 session_id,
                 conn_id,
             } => {
-                if let Some(m) = self.member_mut(&session_id) {
-                    if m.link.conn_id() == conn_id && m.stale_since.is_none() {
-                        m.stale_since = Some(now);
-                        log::info!("participant stale session_id={session_id}");
-                    }
+                if let Some(m) = self.member_mut(&session_id)
+                    && m.link.conn_id() == conn_id
+                    && m.stale_since.is_none()
+                {
+                    m.stale_since = Some(now);
+                    log::info!("participant stale session_id={session_id}");
                 }
             }
         }
@@ -172,7 +173,9 @@ impl Engine {
                     m.stale_since = Some(now);
                     log::info!("participant stale session_id={}", m.session_id);
                 }
-                if m.stale_since.is_some_and(|t| now.saturating_duration_since(t) >= grace) {
+                if m.stale_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= grace)
+                {
                     expired.push(m.session_id.clone());
                 }
             }
@@ -197,7 +200,8 @@ impl Engine {
                 true
             }
         });
-        self.metrics.set_worker_load(worker, self.rooms.len(), self.sessions.len());
+        self.metrics
+            .set_worker_load(worker, self.rooms.len(), self.sessions.len());
         self.directory.set_load(worker, self.sessions.len());
         self.next_tick = (!self.rooms.is_empty()).then_some(now + TICK);
     }
@@ -230,13 +234,7 @@ impl Engine {
         );
     }
 
-    fn join(
-        &mut self,
-        now: Instant,
-        link: SessionLink,
-        request_id: RequestId,
-        grant: JoinGrant,
-    ) {
+    fn join(&mut self, now: Instant, link: SessionLink, request_id: RequestId, grant: JoinGrant) {
         let channel = grant.channel.clone();
         if !self.rooms.contains_key(&channel) && !self.directory.claim(&channel, self.cfg.worker_id)
         {
@@ -323,7 +321,9 @@ impl Engine {
         for other in &room.members {
             other
                 .link
-                .send(SessionEvent::Event(ServerMessage::ParticipantJoined(me.clone())));
+                .send(SessionEvent::Event(ServerMessage::ParticipantJoined(
+                    me.clone(),
+                )));
         }
         log::info!(
             "participant joined channel_id={channel} user_uid={} device_id={} session_id={}",
@@ -331,7 +331,8 @@ impl Engine {
             member.device,
             member.session_id
         );
-        self.sessions.insert(member.session_id.clone(), channel.clone());
+        self.sessions
+            .insert(member.session_id.clone(), channel.clone());
         room.members.push(member);
         self.publish_snapshot(&channel);
         let _ = now;
@@ -369,7 +370,10 @@ impl Engine {
             });
             return;
         };
-        let room = self.rooms.get_mut(&channel).expect("sessions maps to a live room");
+        let room = self
+            .rooms
+            .get_mut(&channel)
+            .expect("sessions maps to a live room");
         let others: Vec<Participant> = room
             .members
             .iter()
@@ -398,7 +402,12 @@ impl Engine {
             session_id: m.session_id.clone(),
             user_uid: m.user.clone(),
             device_id: m.device.clone(),
-            permissions: m.permissions.names().into_iter().map(String::from).collect(),
+            permissions: m
+                .permissions
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
             resume_token: m.resume_token(),
             resumed: true,
             participants: others,
@@ -431,7 +440,7 @@ impl Engine {
         match request {
             ClientRequest::MediaState(patch) => {
                 let changed = m.media_state.apply(&patch);
-                let (user, state) = (m.user.clone(), m.media_state.clone());
+                let (user, state) = (m.user.clone(), m.media_state);
                 Self::reply(&link, request_id, ServerMessage::Ack);
                 if changed {
                     let ev = ServerMessage::MediaStateChanged {
@@ -547,7 +556,8 @@ impl Engine {
             .map(|r| r.members.iter().map(Member::participant).collect())
             .unwrap_or_default();
         self.directory.update(channel, self.cfg.worker_id, list);
-        self.directory.set_load(self.cfg.worker_id, self.sessions.len());
+        self.directory
+            .set_load(self.cfg.worker_id, self.sessions.len());
         self.metrics
             .set_worker_load(self.cfg.worker_id, self.rooms.len(), self.sessions.len());
     }

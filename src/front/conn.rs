@@ -111,7 +111,13 @@ impl Conn {
     }
 
     /// The socket is readable: read until it would block.
-    pub fn on_readable(&mut self, app: &App, notifier: &Arc<FrontNotifier>, now: Instant, now_unix: u64) {
+    pub fn on_readable(
+        &mut self,
+        app: &App,
+        notifier: &Arc<FrontNotifier>,
+        now: Instant,
+        now_unix: u64,
+    ) {
         self.last_activity = now;
         match self.phase {
             Phase::Http { .. } => self.read_http(app, notifier, now, now_unix),
@@ -156,14 +162,20 @@ impl Conn {
                 let idle = now.saturating_duration_since(self.last_activity);
                 let since = now.saturating_duration_since(*started);
                 let waiting_request = !self.rbuf.is_empty() || !*headers_done;
-                if self.rbuf.is_empty() && idle >= Duration::from_millis(limits.http_keepalive_timeout_ms) {
+                if self.rbuf.is_empty()
+                    && idle >= Duration::from_millis(limits.http_keepalive_timeout_ms)
+                {
                     self.done = true;
                 } else if waiting_request
                     && !self.rbuf.is_empty()
                     && since >= Duration::from_millis(limits.http_header_timeout_ms)
                 {
                     // Slow-loris: a request that trickles in is cut.
-                    self.respond_error(Response::error(408, "request_timeout", "request not received in time"));
+                    self.respond_error(Response::error(
+                        408,
+                        "request_timeout",
+                        "request not received in time",
+                    ));
                 }
             }
             Phase::Ws { session, .. } => {
@@ -182,10 +194,10 @@ impl Conn {
     /// Tells the worker about a session whose socket ended (call after every
     /// event, and before dropping the connection).
     pub fn settle(&mut self, app: &App) {
-        if self.done {
-            if let Phase::Ws { .. } = self.phase {
-                self.end_ws();
-            }
+        if self.done
+            && let Phase::Ws { .. } = self.phase
+        {
+            self.end_ws();
         }
         if let Some(mut s) = self.ended.take() {
             s.handle_socket_closed(app);
@@ -211,7 +223,9 @@ impl Conn {
                 };
                 self.flush();
             }
-            Phase::Closing { shut: shut @ false, .. } => {
+            Phase::Closing {
+                shut: shut @ false, ..
+            } => {
                 *shut = true;
                 self.transport.send_close_notify();
                 let _ = self.transport.flush_out();
@@ -259,7 +273,13 @@ impl Conn {
         let cap = limits.header_max + limits.body_max + 4096;
         let mut buf = [0u8; 8192];
         loop {
-            if matches!(self.phase, Phase::Http { close_after: true, .. }) {
+            if matches!(
+                self.phase,
+                Phase::Http {
+                    close_after: true,
+                    ..
+                }
+            ) {
                 // Discard what a client sends after a final response.
                 self.drain_closing();
                 return;
@@ -270,14 +290,18 @@ impl Conn {
                     return;
                 }
                 Ok(n) => {
-                    if self.rbuf.is_empty() {
-                        if let Phase::Http { started, .. } = &mut self.phase {
-                            *started = now;
-                        }
+                    if self.rbuf.is_empty()
+                        && let Phase::Http { started, .. } = &mut self.phase
+                    {
+                        *started = now;
                     }
                     self.rbuf.extend_from_slice(&buf[..n]);
                     if self.rbuf.len() > cap {
-                        self.respond_error(Response::error(413, "payload_too_large", "request too large"));
+                        self.respond_error(Response::error(
+                            413,
+                            "payload_too_large",
+                            "request too large",
+                        ));
                         return;
                     }
                 }
@@ -294,7 +318,10 @@ impl Conn {
         while let Phase::Http { .. } = self.phase {
             match parse_request(&self.rbuf, limits) {
                 Ok(Parsed::Partial { headers_done }) => {
-                    if let Phase::Http { headers_done: h, .. } = &mut self.phase {
+                    if let Phase::Http {
+                        headers_done: h, ..
+                    } = &mut self.phase
+                    {
                         *h = headers_done;
                     }
                     return;

@@ -106,7 +106,10 @@ struct Front {
     shutdown: Arc<AtomicBool>,
 }
 
-#[expect(clippy::disallowed_methods, reason = "the front thread owns the signaling clock")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the front thread owns the signaling clock"
+)]
 fn clock() -> (Instant, u64) {
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -126,11 +129,11 @@ impl Front {
         loop {
             let (now, _) = clock();
             let timeout = next_tick.saturating_duration_since(now);
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    log::error!("front poll failed: {e}");
-                    return;
-                }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                log::error!("front poll failed: {e}");
+                return;
             }
             if self.shutdown.load(Ordering::Acquire) {
                 self.close_all();
@@ -143,12 +146,13 @@ impl Front {
                     WAKER => {}
                     Token(i) => {
                         let app = self.app.clone();
+                        let notifier = self.notifier.clone();
                         self.with_conn(i, |c| {
                             if ev.is_writable() {
                                 c.on_writable();
                             }
                             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                                c.on_readable(&app, &self.notifier, now, now_unix);
+                                c.on_readable(&app, &notifier, now, now_unix);
                             }
                         });
                     }
@@ -158,7 +162,11 @@ impl Front {
             while let Ok(id) = self.ready.try_recv() {
                 let index = (id & 0xffff_ffff) as usize;
                 let generation = (id >> 32) as u32;
-                if self.slots.get(index).is_some_and(|s| s.generation == generation) {
+                if self
+                    .slots
+                    .get(index)
+                    .is_some_and(|s| s.generation == generation)
+                {
                     let app = self.app.clone();
                     self.with_conn(index, |c| c.on_session_events(&app, now, now_unix));
                 }
@@ -280,10 +288,9 @@ impl Front {
         while clock().0 < deadline && self.slots.iter().any(|s| s.conn.is_some()) {
             let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
             for ev in events.iter() {
-                if let Token(i) = ev.token() {
-                    if i < self.slots.len() {
-                        self.with_conn(i, |c| c.on_writable());
-                    }
+                let Token(i) = ev.token();
+                if i < self.slots.len() {
+                    self.with_conn(i, |c| c.on_writable());
                 }
             }
         }

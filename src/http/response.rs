@@ -33,8 +33,10 @@ impl Response {
     /// 429 with `Retry-After` (whole seconds, at least 1).
     pub fn rate_limited(retry_after_ms: u64) -> Self {
         let mut r = Self::error(429, "rate_limited", "too many requests");
-        r.headers
-            .push(("Retry-After", retry_after_ms.div_ceil(1000).max(1).to_string()));
+        r.headers.push((
+            "Retry-After",
+            retry_after_ms.div_ceil(1000).max(1).to_string(),
+        ));
         r
     }
 

@@ -159,7 +159,11 @@ impl Session {
     /// A binary frame: a protocol error answered without closing.
     pub fn handle_binary(&mut self, now: Instant) {
         self.last_seen = now;
-        let msg = error_message(ErrorCode::BadRequest, "binary frames are not accepted", None);
+        let msg = error_message(
+            ErrorCode::BadRequest,
+            "binary frames are not accepted",
+            None,
+        );
         self.submit_reply(None, None, msg, now);
     }
 
@@ -186,7 +190,11 @@ impl Session {
             };
             self.submit_reply(request_id, channel, msg, now);
             let since = match (self.limited_since, self.last_refusal) {
-                (Some(s), Some(last)) if now.saturating_duration_since(last) <= Duration::from_secs(1) => s,
+                (Some(s), Some(last))
+                    if now.saturating_duration_since(last) <= Duration::from_secs(1) =>
+                {
+                    s
+                }
                 _ => now,
             };
             self.limited_since = Some(since);
@@ -298,7 +306,11 @@ impl Session {
             } => {
                 if let Some((reason, message)) = kicked {
                     let channel = self.channel().cloned();
-                    self.emit(None, channel.as_ref(), &ServerMessage::Kicked { reason, message });
+                    self.emit(
+                        None,
+                        channel.as_ref(),
+                        &ServerMessage::Kicked { reason, message },
+                    );
                 }
                 self.close(code, reason);
             }
@@ -355,7 +367,8 @@ impl Session {
 
     fn close(&mut self, code: u16, reason: &str) {
         if self.phase != Phase::Closed {
-            self.out.push_back(Outgoing::Close(code, reason.to_string()));
+            self.out
+                .push_back(Outgoing::Close(code, reason.to_string()));
             self.phase = Phase::Closed;
             self.queued.clear();
         }
@@ -418,7 +431,11 @@ impl Session {
                 self.respond(
                     Some(request_id),
                     channel,
-                    error_message(ErrorCode::AlreadyJoined, "this socket has joined already", None),
+                    error_message(
+                        ErrorCode::AlreadyJoined,
+                        "this socket has joined already",
+                        None,
+                    ),
                 );
                 return;
             }
@@ -504,19 +521,29 @@ impl Session {
         };
         match cred {
             JoinCredential::Ticket(ticket) => {
-                let claims = match app.tickets.verify(
-                    ticket.expose(),
-                    now_unix,
-                    &app.config.server_id,
-                ) {
-                    Ok(c) => c,
-                    Err(TicketError::Expired) => {
-                        return fail(self, ErrorCode::TicketExpired, "the join ticket has expired", true);
-                    }
-                    Err(_) => {
-                        return fail(self, ErrorCode::TicketInvalid, "the join ticket is not valid", true);
-                    }
-                };
+                let claims =
+                    match app
+                        .tickets
+                        .verify(ticket.expose(), now_unix, &app.config.server_id)
+                    {
+                        Ok(c) => c,
+                        Err(TicketError::Expired) => {
+                            return fail(
+                                self,
+                                ErrorCode::TicketExpired,
+                                "the join ticket has expired",
+                                true,
+                            );
+                        }
+                        Err(_) => {
+                            return fail(
+                                self,
+                                ErrorCode::TicketInvalid,
+                                "the join ticket is not valid",
+                                true,
+                            );
+                        }
+                    };
                 if claims.channel_id != channel {
                     return fail(
                         self,
@@ -525,10 +552,18 @@ impl Session {
                         false,
                     );
                 }
-                match app.used_tickets.try_consume(&claims.jti, claims.exp, now_unix) {
+                match app
+                    .used_tickets
+                    .try_consume(&claims.jti, claims.exp, now_unix)
+                {
                     Ok(()) => {}
                     Err(ConsumeError::Used) => {
-                        return fail(self, ErrorCode::TicketUsed, "the join ticket was used already", true);
+                        return fail(
+                            self,
+                            ErrorCode::TicketUsed,
+                            "the join ticket was used already",
+                            true,
+                        );
                     }
                     Err(_) => {
                         let msg = ServerMessage::Error {

@@ -37,6 +37,7 @@ impl Drop for TempDir {
 /// A running server with its own data directory.
 pub struct TestServer {
     pub server: Option<Server>,
+    pub config: prism::config::Config,
     pub addr: SocketAddr,
     pub admin_key: String,
     pub dir: TempDir,
@@ -53,6 +54,17 @@ impl TestServer {
     pub fn with_env(env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("srv");
         Self::in_dir(dir, env, None)
+    }
+
+    /// With a TOML config file (plus env overrides).
+    pub fn with_config(toml: &str, env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("cfg");
+        let path = dir.0.join("prism.toml");
+        std::fs::write(&path, toml).unwrap();
+        let p = path.to_string_lossy().into_owned();
+        let mut all = vec![("PRISM_CONFIG", p.as_str())];
+        all.extend_from_slice(env);
+        Self::in_dir(dir, &all, None)
     }
 
     /// With TLS on a fresh self-signed certificate for 127.0.0.1.
@@ -76,8 +88,8 @@ impl TestServer {
         let cp = cert_path.to_string_lossy().into_owned();
         let kp = key_path.to_string_lossy().into_owned();
         let mut all: Vec<(&str, &str)> = vec![
-            ("PRISM_TLS__CERT_PATH", cp.as_str()),
-            ("PRISM_TLS__KEY_PATH", kp.as_str()),
+            ("PRISM_TLS__CERT_FILE", cp.as_str()),
+            ("PRISM_TLS__KEY_FILE", kp.as_str()),
         ];
         all.extend_from_slice(env);
         Self::in_dir(dir, &all, Some(Arc::new(client)))
@@ -94,10 +106,11 @@ impl TestServer {
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = prism::config::load_with(&Default::default(), &vars).expect("config");
         let admin_key = config.secrets.admin_key.expose().clone();
-        let server = Server::start(config).expect("server starts");
+        let server = Server::start(config.clone()).expect("server starts");
         let addr = server.local_addr();
         Self {
             server: Some(server),
+            config,
             addr,
             admin_key,
             dir,
@@ -263,7 +276,14 @@ impl Http {
         read_response(&mut s).expect("a response")
     }
 
-    pub fn send(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>, extra: &[(&str, &str)]) -> RawResponse {
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+        extra: &[(&str, &str)],
+    ) -> RawResponse {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -306,7 +326,12 @@ pub fn read_response(s: &mut impl Read) -> Option<RawResponse> {
             let hs: Vec<(String, String)> = resp
                 .headers
                 .iter()
-                .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect();
             let len: usize = hs
                 .iter()
@@ -354,7 +379,9 @@ impl Ws {
     pub fn send_request(&mut self, ty: &str, channel: &str, payload: Value) -> String {
         self.next_id += 1;
         let id = format!("r{}", self.next_id);
-        self.send_json(&json!({"type": ty, "request_id": id, "channel_id": channel, "payload": payload}));
+        self.send_json(
+            &json!({"type": ty, "request_id": id, "channel_id": channel, "payload": payload}),
+        );
         id
     }
 
@@ -409,7 +436,10 @@ impl Ws {
                 Ok(Message::Close(None)) => return (u16::from(CloseCode::Status), seen),
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
                 {
                     continue;
                 }

@@ -130,9 +130,12 @@ impl SpawnedServer {
     /// Starts `binary serve` on a free loopback port with a fresh data directory
     /// and the given extra environment, and waits until `/readyz` answers.
     pub fn start(binary: &Path, env: &[(&str, String)]) -> std::io::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let data_dir = std::env::temp_dir().join(format!("prism-tool-{}-{port}", std::process::id()));
+        let data_dir =
+            std::env::temp_dir().join(format!("prism-tool-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&data_dir)?;
         let mut cmd = Command::new(binary);
         cmd.arg("serve")

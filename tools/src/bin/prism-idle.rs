@@ -81,7 +81,10 @@ fn run() -> Result<(), String> {
                     ("PRISM_LIMITS__MAX_CONNECTIONS_PER_IP", n.clone()),
                     ("PRISM_LIMITS__TICKET_RATE_PER_USER_PER_MIN", n.clone()),
                     ("PRISM_LIMITS__TICKET_RATE_PER_IP_PER_MIN", n),
-                    ("PRISM_LIMITS__PARTICIPANTS_PER_CHANNEL", args.per_room.to_string()),
+                    (
+                        "PRISM_LIMITS__PARTICIPANTS_PER_CHANNEL",
+                        args.per_room.to_string(),
+                    ),
                 ],
             )
             .map_err(|e| format!("starting prism: {e}"))?;
@@ -132,16 +135,13 @@ fn run() -> Result<(), String> {
         ws.send(Message::text(join.to_string()))
             .map_err(|e| format!("join {i}: {e}"))?;
         loop {
-            match ws.read().map_err(|e| format!("joined {i}: {e}"))? {
-                Message::Text(t) => {
-                    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
-                    match v["type"].as_str() {
-                        Some("rtc.joined") => break,
-                        Some("rtc.error") => return Err(format!("join {i} refused: {t}")),
-                        _ => {}
-                    }
+            if let Message::Text(t) = ws.read().map_err(|e| format!("joined {i}: {e}"))? {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+                match v["type"].as_str() {
+                    Some("rtc.joined") => break,
+                    Some("rtc.error") => return Err(format!("join {i} refused: {t}")),
+                    _ => {}
                 }
-                _ => {}
             }
         }
         ws.get_mut()
@@ -154,13 +154,20 @@ fn run() -> Result<(), String> {
         }
     }
     let join_s = started.elapsed().as_secs_f64();
-    eprintln!("\r{} sessions joined in {join_s:.1} s; holding {} s", sockets.len(), args.hold_s);
+    eprintln!(
+        "\r{} sessions joined in {join_s:.1} s; holding {} s",
+        sockets.len(),
+        args.hold_s
+    );
     let hold_until = Instant::now() + Duration::from_secs(args.hold_s);
     let mut peak = 0;
     while Instant::now() < hold_until {
         let open = pump(&mut sockets);
         if open < sockets.len() {
-            return Err(format!("{} sessions were closed by the server", sockets.len() - open));
+            return Err(format!(
+                "{} sessions were closed by the server",
+                sockets.len() - open
+            ));
         }
         peak = peak.max(pid.and_then(rss_bytes).unwrap_or(0));
         std::thread::sleep(Duration::from_millis(500));
@@ -170,7 +177,10 @@ fn run() -> Result<(), String> {
         (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / sockets.len() as f64),
         _ => None,
     };
-    let mib = |b: Option<u64>| b.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or("n/a".into());
+    let mib = |b: Option<u64>| {
+        b.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
+            .unwrap_or("n/a".into())
+    };
     if args.json {
         println!(
             "{}",
@@ -180,14 +190,21 @@ fn run() -> Result<(), String> {
         );
     } else {
         println!("sessions           {}", sockets.len());
-        println!("rooms              {}", sockets.len().div_ceil(args.per_room));
-        println!("join time          {join_s:.1} s ({:.0} joins/s)", sockets.len() as f64 / join_s);
+        println!(
+            "rooms              {}",
+            sockets.len().div_ceil(args.per_room)
+        );
+        println!(
+            "join time          {join_s:.1} s ({:.0} joins/s)",
+            sockets.len() as f64 / join_s
+        );
         println!("server RSS before  {}", mib(rss_before));
         println!("server RSS after   {}", mib(rss_after));
         println!("server RSS peak    {}", mib(Some(peak)));
         println!(
             "per session        {}",
-            per.map(|p| format!("{:.1} KiB", p / 1024.0)).unwrap_or("n/a".into())
+            per.map(|p| format!("{:.1} KiB", p / 1024.0))
+                .unwrap_or("n/a".into())
         );
     }
     Ok(())
@@ -205,7 +222,9 @@ fn pump(sockets: &mut [WebSocket<TcpStream>]) -> usize {
                     break;
                 }
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    break;
+                }
                 Err(_) => {
                     alive = false;
                     break;
