@@ -68,3 +68,21 @@ fn signaling_parser_corpus_replays_as_named() {
         "the signaling corpus has {n} files; expected at least 40"
     );
 }
+
+#[test]
+fn http_request_corpus_replays_without_panic() {
+    // The HTTP seeds are raw requests of every shape (pipelined, chunked, garbage,
+    // oversized); the contract is only that the request path never panics.
+    let n = replay("http_request", |bytes| {
+        prism::http::fuzz_parse_request(bytes);
+        let limits = prism::http::request::Limits {
+            header_max: 16 * 1024,
+            body_max: 64 * 1024,
+        };
+        match prism::http::request::parse_request(bytes, limits) {
+            Ok(prism::http::request::Parsed::Complete(..)) => Outcome::Accepted,
+            _ => Outcome::Refused,
+        }
+    });
+    assert!(n >= 15, "the http corpus has {n} files; expected at least 15");
+}
