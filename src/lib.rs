@@ -11,5 +11,6 @@
 pub mod auth;
 pub mod config;
 pub mod ids;
+pub mod media;
 pub mod protocol;
 pub mod secret;
