@@ -7,9 +7,17 @@ use prism::media::sim::{Received, SentStream, Sim};
 
 /// The received payloads, in sequence order, are a contiguous run of the sent ones.
 fn assert_intact(what: &str, sent: &SentStream, got: &Received) {
-    assert!(got.missing().is_empty(), "{what}: missing {:?}", got.missing());
+    assert!(
+        got.missing().is_empty(),
+        "{what}: missing {:?}",
+        got.missing()
+    );
     let received = got.ordered_payloads();
-    assert!(received.len() > 20, "{what}: only {} packets", received.len());
+    assert!(
+        received.len() > 20,
+        "{what}: only {} packets",
+        received.len()
+    );
     let start = sent
         .payloads
         .iter()

@@ -426,10 +426,12 @@ impl MediaCore {
                 .iter()
                 .find(|l| l.mid == mid)
                 .expect("sources were collected from these lines");
-            let existing = self
-                .participants
-                .get(who)
-                .and_then(|p| p.tracks.iter().copied().find(|&t| self.tracks.get(t).is_some_and(|t| t.mid == mid)));
+            let existing = self.participants.get(who).and_then(|p| {
+                p.tracks
+                    .iter()
+                    .copied()
+                    .find(|&t| self.tracks.get(t).is_some_and(|t| t.mid == mid))
+            });
             if let Some(tk) = existing {
                 if let Some(t) = self.tracks.get_mut(tk) {
                     t.source = source;
@@ -476,7 +478,13 @@ impl MediaCore {
         let tracks = self
             .participants
             .get(who)
-            .map(|p| p.tracks.iter().filter_map(|&t| self.tracks.get(t)).map(Track::info).collect())
+            .map(|p| {
+                p.tracks
+                    .iter()
+                    .filter_map(|&t| self.tracks.get(t))
+                    .map(Track::info)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(PublishAnswer {
             sdp: answer_sdp,
@@ -509,7 +517,9 @@ impl MediaCore {
                 }
                 continue;
             }
-            let named = subs.iter().find(|(mid, _, _)| Mid::from(mid.as_str()) == line.mid);
+            let named = subs
+                .iter()
+                .find(|(mid, _, _)| Mid::from(mid.as_str()) == line.mid);
             let Some((_, track_id, max_layer)) = named else {
                 rejected.push((line.mid, RejectReason::UnknownTrack));
                 continue;
@@ -518,7 +528,10 @@ impl MediaCore {
                 rejected.push((line.mid, RejectReason::UnknownTrack));
                 continue;
             };
-            let track = self.tracks.get(tk).expect("track_ids only names live tracks");
+            let track = self
+                .tracks
+                .get(tk)
+                .expect("track_ids only names live tracks");
             if !Self::offer_has_codec(line, kind, track) {
                 rejected.push((line.mid, RejectReason::CodecUnsupported));
                 continue;
@@ -538,21 +551,27 @@ impl MediaCore {
         let (pc, answer_sdp) = self.accept(now, who, PcKind::Subscribe, offer)?;
 
         // End subscriptions whose m-line is no longer served.
-        let current: Vec<(Mid, usize)> = self.pcs.get(pc).map(|p| p.subs_by_mid.clone()).unwrap_or_default();
+        let current: Vec<(Mid, usize)> = self
+            .pcs
+            .get(pc)
+            .map(|p| p.subs_by_mid.clone())
+            .unwrap_or_default();
         for (mid, sk) in current {
-            let keep = serve.iter().any(|(m, tk, _)| {
-                *m == mid && self.subs.get(sk).is_some_and(|s| s.track == *tk)
-            });
+            let keep = serve
+                .iter()
+                .any(|(m, tk, _)| *m == mid && self.subs.get(sk).is_some_and(|s| s.track == *tk));
             if !keep {
                 self.remove_sub(sk);
             }
         }
         let deafened = self.participants.get(who).is_some_and(|p| p.deafened);
         for (mid, tk, max_layer) in serve {
-            let existing = self
-                .pcs
-                .get(pc)
-                .and_then(|p| p.subs_by_mid.iter().find(|(m, _)| *m == mid).map(|(_, s)| *s));
+            let existing = self.pcs.get(pc).and_then(|p| {
+                p.subs_by_mid
+                    .iter()
+                    .find(|(m, _)| *m == mid)
+                    .map(|(_, s)| *s)
+            });
             if let Some(sk) = existing {
                 if let (Some(layer), Some(s)) = (max_layer, self.subs.get_mut(sk)) {
                     s.max_layer = Some(layer);
@@ -609,7 +628,9 @@ impl MediaCore {
     ) -> Result<(), NegotiationError> {
         let c = Candidate::from_sdp_string(candidate.trim_start_matches("a="))
             .map_err(|e| NegotiationError::InvalidCandidate(e.to_string()))?;
-        let key = self.pc_key(who, pc).ok_or(NegotiationError::NoPeerConnection)?;
+        let key = self
+            .pc_key(who, pc)
+            .ok_or(NegotiationError::NoPeerConnection)?;
         let p = self.pcs.get_mut(key).expect("pc_key names live pcs");
         if !p.dead {
             p.rtc.add_remote_candidate(c);
@@ -624,7 +645,11 @@ impl MediaCore {
 
     /// `audio_muted` / `video_muted`: stop or resume forwarding one track.
     pub fn set_track_forwarding(&mut self, track: &TrackId, enabled: bool) {
-        if let Some(t) = self.track_ids.get(track).and_then(|&k| self.tracks.get_mut(k)) {
+        if let Some(t) = self
+            .track_ids
+            .get(track)
+            .and_then(|&k| self.tracks.get_mut(k))
+        {
             t.forwarding = enabled;
         }
     }
@@ -659,9 +684,15 @@ impl MediaCore {
         let Some(pc) = self.pc_key(who, PcKind::Subscribe) else {
             return;
         };
-        let sks: Vec<usize> = self.pcs.get(pc).map(|p| p.subs_by_mid.iter().map(|(_, s)| *s).collect()).unwrap_or_default();
+        let sks: Vec<usize> = self
+            .pcs
+            .get(pc)
+            .map(|p| p.subs_by_mid.iter().map(|(_, s)| *s).collect())
+            .unwrap_or_default();
         for sk in sks {
-            let Some(s) = self.subs.get_mut(sk) else { continue };
+            let Some(s) = self.subs.get_mut(sk) else {
+                continue;
+            };
             if s.track != tk {
                 continue;
             }
@@ -685,16 +716,19 @@ impl MediaCore {
             self.remove_track_slot(tk);
         }
         for key in [p.subscribe, p.publish].into_iter().flatten() {
-            let subs: Vec<usize> = self.pcs.get(key).map(|pc| pc.subs_by_mid.iter().map(|(_, s)| *s).collect()).unwrap_or_default();
+            let subs: Vec<usize> = self
+                .pcs
+                .get(key)
+                .map(|pc| pc.subs_by_mid.iter().map(|(_, s)| *s).collect())
+                .unwrap_or_default();
             for sk in subs {
                 self.remove_sub(sk);
             }
-            if let Some(pc) = self.pcs.get_mut(key) {
-                if !pc.dead {
-                    if let Err(e) = pc.rtc.close() {
-                        debug!("closing rtc of {who}: {e}");
-                    }
-                }
+            if let Some(pc) = self.pcs.get_mut(key)
+                && !pc.dead
+                && let Err(e) = pc.rtc.close()
+            {
+                debug!("closing rtc of {who}: {e}");
             }
             self.drain(now, key);
             self.remove_pc(key);
@@ -802,7 +836,10 @@ impl MediaCore {
         self.due = due;
         self.flush(now);
         if self.timers.len() > 2 * self.pcs.len() + 64 {
-            let live = self.pcs.iter().filter_map(|(k, p)| p.deadline.map(|d| (d, k, p.generation)));
+            let live = self
+                .pcs
+                .iter()
+                .filter_map(|(k, p)| p.deadline.map(|d| (d, k, p.generation)));
             let live: Vec<_> = live.collect();
             self.timers.rebuild(live.into_iter());
         }
@@ -942,12 +979,11 @@ impl MediaCore {
     }
 
     fn bind_addr(&mut self, key: usize, addr: SocketAddr) {
-        if let Some(prev) = self.by_addr.insert(addr, key) {
-            if prev != key {
-                if let Some(p) = self.pcs.get_mut(prev) {
-                    p.addrs.retain(|a| *a != addr);
-                }
-            }
+        if let Some(prev) = self.by_addr.insert(addr, key)
+            && prev != key
+            && let Some(p) = self.pcs.get_mut(prev)
+        {
+            p.addrs.retain(|a| *a != addr);
         }
         let Some(pc) = self.pcs.get_mut(key) else {
             return;
@@ -1031,7 +1067,8 @@ impl MediaCore {
                 pc.connected = true;
                 let (who, kind) = (pc.who.clone(), pc.kind);
                 debug!("{who} {kind:?} connected");
-                self.events.push_back(MediaEvent::PeerConnected { who, pc: kind });
+                self.events
+                    .push_back(MediaEvent::PeerConnected { who, pc: kind });
                 if kind == PcKind::Subscribe {
                     let subs: Vec<usize> = pc.subs_by_mid.iter().map(|(_, s)| *s).collect();
                     for sk in subs {
@@ -1072,11 +1109,17 @@ impl MediaCore {
                     return;
                 }
                 self.stats.keyframe_requests_in += 1;
-                let sk = pc.subs_by_mid.iter().find(|(m, _)| *m == req.mid).map(|(_, s)| *s);
+                let sk = pc
+                    .subs_by_mid
+                    .iter()
+                    .find(|(m, _)| *m == req.mid)
+                    .map(|(_, s)| *s);
                 if let Some(sub) = sk.and_then(|sk| self.subs.get(sk)) {
                     let track = sub.track;
                     let layer = sub.current_layer.or_else(|| {
-                        self.tracks.get(track).and_then(|t| select_layer(t, sub.max_layer, now))
+                        self.tracks
+                            .get(track)
+                            .and_then(|t| select_layer(t, sub.max_layer, now))
                     });
                     if let Some(layer) = layer {
                         self.pending_keyframes.push((track, layer, req.kind));
@@ -1146,7 +1189,8 @@ impl MediaCore {
                     }
                 } else if let Some(d) = desired {
                     // Ask for a keyframe on the layer we want to switch to.
-                    self.pending_keyframes.push((tk, d, KeyframeRequestKind::Pli));
+                    self.pending_keyframes
+                        .push((tk, d, KeyframeRequestKind::Pli));
                 }
             }
             if sub.current_layer != Some(layer) {
@@ -1226,8 +1270,12 @@ impl MediaCore {
             let mut writes = std::mem::take(&mut self.pending_writes);
             let mut touched = std::mem::take(&mut self.touched);
             for w in writes.drain(..) {
-                let Some(sub) = self.subs.get(w.sub) else { continue };
-                let Some(pc) = self.pcs.get_mut(sub.pc) else { continue };
+                let Some(sub) = self.subs.get(w.sub) else {
+                    continue;
+                };
+                let Some(pc) = self.pcs.get_mut(sub.pc) else {
+                    continue;
+                };
                 let mut api = pc.rtc.direct_api();
                 let Some(tx) = api.stream_tx(&sub.tx_ssrc) else {
                     continue;
@@ -1277,20 +1325,34 @@ impl MediaCore {
     }
 
     /// Throttled keyframe request to one publisher layer.
-    fn request_keyframe(&mut self, now: Instant, tk: usize, layer: usize, kind: KeyframeRequestKind) {
+    fn request_keyframe(
+        &mut self,
+        now: Instant,
+        tk: usize,
+        layer: usize,
+        kind: KeyframeRequestKind,
+    ) {
         let interval = self.cfg.keyframe_request_interval;
-        let Some(track) = self.tracks.get_mut(tk) else { return };
+        let Some(track) = self.tracks.get_mut(tk) else {
+            return;
+        };
         if track.kind != MediaKind::Video {
             return;
         }
         let pc = track.pc;
-        let Some(l) = track.layers.get_mut(layer) else { return };
+        let Some(l) = track.layers.get_mut(layer) else {
+            return;
+        };
         let Some(ssrc) = l.ssrc else { return };
-        if l.last_keyframe_request.is_some_and(|t| now.saturating_duration_since(t) < interval) {
+        if l.last_keyframe_request
+            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        {
             return;
         }
         l.last_keyframe_request = Some(now);
-        let Some(p) = self.pcs.get_mut(pc) else { return };
+        let Some(p) = self.pcs.get_mut(pc) else {
+            return;
+        };
         if p.dead {
             return;
         }
@@ -1304,12 +1366,15 @@ impl MediaCore {
     /// A video subscription (re)starts: ask its publisher for a keyframe.
     fn want_keyframe_for_sub(&mut self, sk: usize, now: Instant) {
         let Some(sub) = self.subs.get(sk) else { return };
-        let Some(track) = self.tracks.get(sub.track) else { return };
+        let Some(track) = self.tracks.get(sub.track) else {
+            return;
+        };
         if track.kind != MediaKind::Video {
             return;
         }
         if let Some(layer) = select_layer(track, sub.max_layer, now) {
-            self.pending_keyframes.push((sub.track, layer, KeyframeRequestKind::Pli));
+            self.pending_keyframes
+                .push((sub.track, layer, KeyframeRequestKind::Pli));
         }
     }
 
@@ -1370,7 +1435,9 @@ impl MediaCore {
     }
 
     fn remove_sub(&mut self, sk: usize) {
-        let Some(sub) = self.subs.remove(sk) else { return };
+        let Some(sub) = self.subs.remove(sk) else {
+            return;
+        };
         if let Some(t) = self.tracks.get_mut(sub.track) {
             t.subscribers.retain(|&s| s != sk);
         }
@@ -1380,13 +1447,15 @@ impl MediaCore {
     }
 
     fn remove_track_slot(&mut self, tk: usize) {
-        let Some(track) = self.tracks.remove(tk) else { return };
+        let Some(track) = self.tracks.remove(tk) else {
+            return;
+        };
         self.track_ids.remove(&track.id);
         for sk in track.subscribers {
-            if let Some(sub) = self.subs.remove(sk) {
-                if let Some(p) = self.pcs.get_mut(sub.pc) {
-                    p.subs_by_mid.retain(|&(_, s)| s != sk);
-                }
+            if let Some(sub) = self.subs.remove(sk)
+                && let Some(p) = self.pcs.get_mut(sub.pc)
+            {
+                p.subs_by_mid.retain(|&(_, s)| s != sk);
             }
         }
         if let Some(p) = self.pcs.get_mut(track.pc) {

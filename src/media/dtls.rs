@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use str0m::config::{CryptoProvider, DtlsCert, DtlsVersion};
-use str0m::crypto::dtls::{DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, ProtocolVersion};
 use str0m::crypto::CryptoError;
+use str0m::crypto::dtls::{DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, ProtocolVersion};
 
 /// A dimpl DTLS provider whose `Config` is built once and shared by every `Rtc`.
 #[derive(Debug)]

@@ -88,10 +88,10 @@ pub(crate) fn make_inactive(sdp: &str, mids: &[Mid]) -> String {
     for line in sdp.lines() {
         if line.starts_with("m=") {
             section += 1;
-        } else if let Some(value) = line.strip_prefix("a=mid:") {
-            if mids.contains(&Mid::from(value.trim())) {
-                edit.push(section);
-            }
+        } else if let Some(value) = line.strip_prefix("a=mid:")
+            && mids.contains(&Mid::from(value.trim()))
+        {
+            edit.push(section);
         }
     }
     let mut out = String::with_capacity(sdp.len());
@@ -102,7 +102,10 @@ pub(crate) fn make_inactive(sdp: &str, mids: &[Mid]) -> String {
         }
         let bare = line.trim_end_matches(['\r', '\n']);
         if edit.contains(&section)
-            && matches!(bare, "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive")
+            && matches!(
+                bare,
+                "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive"
+            )
         {
             out.push_str("a=inactive");
             out.push_str(&line[bare.len()..]);
@@ -148,6 +151,9 @@ m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=setup:actpass
         let (_, lines) = analyze(&edited).expect("still valid");
         assert_eq!(lines[0].direction, Direction::Inactive);
         assert_eq!(lines[1].direction, Direction::RecvOnly);
-        assert_eq!(edited.len(), OFFER.len() - "recvonly".len() + "inactive".len());
+        assert_eq!(
+            edited.len(),
+            OFFER.len() - "recvonly".len() + "inactive".len()
+        );
     }
 }

@@ -44,6 +44,9 @@ struct LastOut {
 pub(crate) struct Rewriter {
     last_out: Option<LastOut>,
     source: Option<SourceMap>,
+    /// The SSRC replaced by an implicit restart (publisher switched SSRC): its late
+    /// packets are dropped instead of flipping the mapping back.
+    replaced_ssrc: Option<u32>,
 }
 
 impl Rewriter {
@@ -51,6 +54,7 @@ impl Rewriter {
     /// Used when the layer or the track bound to the subscription changes.
     pub(crate) fn switch_source(&mut self) {
         self.source = None;
+        self.replaced_ssrc = None;
     }
 
     /// Maps one incoming packet. `clock_rate` (Hz) converts the wall time since the last
@@ -64,9 +68,17 @@ impl Rewriter {
         now: Instant,
         clock_rate: u32,
     ) -> Option<(u64, u32)> {
+        if self.replaced_ssrc == Some(ssrc) {
+            return None;
+        }
         let restart = match &self.source {
             None => true,
-            Some(src) => src.ssrc != ssrc || in_seq.abs_diff(src.max_in_seq) > MAX_SEQ_JUMP,
+            Some(src) => {
+                if src.ssrc != ssrc {
+                    self.replaced_ssrc = Some(src.ssrc);
+                }
+                src.ssrc != ssrc || in_seq.abs_diff(src.max_in_seq) > MAX_SEQ_JUMP
+            }
         };
         if restart {
             self.rebase(ssrc, in_seq, in_ts, now, clock_rate);
@@ -121,8 +133,14 @@ mod tests {
     fn first_source_starts_below_the_first_rollover() {
         let now = Instant::now();
         let mut r = Rewriter::default();
-        assert_eq!(r.rewrite(7, 70_000, 1000, now, 90_000), Some((70_000 - 65_536, 1000)));
-        assert_eq!(r.rewrite(7, 70_001, 4000, now, 90_000), Some((70_001 - 65_536, 4000)));
+        assert_eq!(
+            r.rewrite(7, 70_000, 1000, now, 90_000),
+            Some((70_000 - 65_536, 1000))
+        );
+        assert_eq!(
+            r.rewrite(7, 70_001, 4000, now, 90_000),
+            Some((70_001 - 65_536, 4000))
+        );
     }
 
     #[test]
@@ -133,8 +151,14 @@ mod tests {
         assert_eq!(r.rewrite(1, 101, 8000, t0, 90_000), Some((101, 8000)));
         let t1 = t0 + Duration::from_millis(100);
         // Publisher restarted: new SSRC, unrelated numbers.
-        assert_eq!(r.rewrite(2, 40_000, 123, t1, 90_000), Some((102, 8000 + 9000)));
-        assert_eq!(r.rewrite(2, 40_001, 3123, t1, 90_000), Some((103, 8000 + 12_000)));
+        assert_eq!(
+            r.rewrite(2, 40_000, 123, t1, 90_000),
+            Some((102, 8000 + 9000))
+        );
+        assert_eq!(
+            r.rewrite(2, 40_001, 3123, t1, 90_000),
+            Some((103, 8000 + 12_000))
+        );
         // A straggler of the old source is dropped, not interleaved.
         assert_eq!(r.rewrite(1, 102, 11_000, t1, 90_000), None);
     }
@@ -143,7 +167,10 @@ mod tests {
     fn reordered_packets_keep_their_place_and_wrap_correctly() {
         let t0 = Instant::now();
         let mut r = Rewriter::default();
-        assert_eq!(r.rewrite(1, 65_535, u32::MAX, t0, 48_000), Some((65_535, u32::MAX)));
+        assert_eq!(
+            r.rewrite(1, 65_535, u32::MAX, t0, 48_000),
+            Some((65_535, u32::MAX))
+        );
         assert_eq!(r.rewrite(1, 65_537, 1919, t0, 48_000), Some((65_537, 1919)));
         assert_eq!(r.rewrite(1, 65_536, 959, t0, 48_000), Some((65_536, 959)));
     }

@@ -108,7 +108,9 @@ impl Received {
         ) else {
             return Vec::new();
         };
-        (lo..=hi).filter(|s| !self.payloads.contains_key(s)).collect()
+        (lo..=hi)
+            .filter(|s| !self.payloads.contains_key(s))
+            .collect()
     }
 
     /// Payloads in sequence-number order.
@@ -295,7 +297,11 @@ impl Sim {
     }
 
     fn client_addr(&self, c: usize, kind: u16) -> SocketAddr {
-        (Ipv4Addr::new(10, 0, 1, 1 + c as u8), self.clients[c].base_port + kind).into()
+        (
+            Ipv4Addr::new(10, 0, 1, 1 + c as u8),
+            self.clients[c].base_port + kind,
+        )
+            .into()
     }
 
     /// Publishes Opus and/or VP8 (sendonly m-lines) or renegotiates with the current
@@ -304,7 +310,9 @@ impl Sim {
         let addr = self.client_addr(c, 0);
         let now = self.now;
         let client = &mut self.clients[c];
-        let pc = client.publish.get_or_insert_with(|| ClientPc::new(now, addr));
+        let pc = client
+            .publish
+            .get_or_insert_with(|| ClientPc::new(now, addr));
         let mut api = pc.rtc.sdp_api();
         for (want, kind) in [(audio, MediaKind::Audio), (video, MediaKind::Video)] {
             if !want {
@@ -380,7 +388,11 @@ impl Sim {
             .accept_answer(pending, sdp)
             .expect("the client accepts the core's answer");
         for info in &answer.tracks {
-            if let Some(s) = client.sent.iter_mut().find(|s| s.mid.to_string() == info.mid) {
+            if let Some(s) = client
+                .sent
+                .iter_mut()
+                .find(|s| s.mid.to_string() == info.mid)
+            {
                 s.track = Some(info.track_id.clone());
             }
         }
@@ -520,7 +532,11 @@ impl Sim {
                     Ok(Output::Event(e)) => match e {
                         Event::Connected => pc.connected_at = Some(now),
                         Event::RtpPacket(p) => {
-                            let mid = pc.rtc.direct_api().stream_rx(&p.header.ssrc).map(|s| s.mid());
+                            let mid = pc
+                                .rtc
+                                .direct_api()
+                                .stream_rx(&p.header.ssrc)
+                                .map(|s| s.mid());
                             let video = mid
                                 .and_then(|m| pc.rtc.media(m))
                                 .is_some_and(|m| m.kind() == StrKind::Video);
@@ -582,7 +598,11 @@ impl Sim {
             } else {
                 Codec::Vp8
             };
-            let Some(pt) = pc.rtc.codec_config().find(|p| p.spec().codec == codec).map(|p| p.pt())
+            let Some(pt) = pc
+                .rtc
+                .codec_config()
+                .find(|p| p.spec().codec == codec)
+                .map(|p| p.pt())
             else {
                 continue;
             };
@@ -611,13 +631,19 @@ impl Sim {
                     s.next_at = Some(due + VIDEO_INTERVAL);
                 }
             }
-            let Some(tx) = pc.rtc.direct_api().stream_tx_by_mid(s.mid, None).map(|t| t.ssrc())
+            let Some(tx) = pc
+                .rtc
+                .direct_api()
+                .stream_tx_by_mid(s.mid, None)
+                .map(|t| t.ssrc())
             else {
                 continue;
             };
             for (payload, marker) in packets {
                 let mut api = pc.rtc.direct_api();
-                let Some(stream) = api.stream_tx(&tx) else { break };
+                let Some(stream) = api.stream_tx(&tx) else {
+                    break;
+                };
                 let ext = ExtensionValues {
                     audio_level: (s.kind == MediaKind::Audio).then_some(-30),
                     voice_activity: (s.kind == MediaKind::Audio).then_some(true),
@@ -653,7 +679,9 @@ impl Sim {
         let now = self.now;
         for c in 0..self.clients.len() {
             for which in 0..2 {
-                let Some(pc) = self.pc_mut(c, which) else { continue };
+                let Some(pc) = self.pc_mut(c, which) else {
+                    continue;
+                };
                 if pc.addr != d.to {
                     continue;
                 }
