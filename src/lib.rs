@@ -19,6 +19,7 @@ pub mod engine;
 pub mod front;
 pub mod http;
 pub mod ids;
+pub mod media;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
