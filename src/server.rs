@@ -19,7 +19,7 @@ use crate::front::{FrontThread, TlsConfig};
 use crate::metrics::Metrics;
 use crate::ratelimit::KeyedLimiter;
 use crate::store::{Store, StoreHandle};
-use crate::worker::Worker;
+use crate::worker::{UdpSettings, Worker};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -131,9 +131,18 @@ impl Server {
                 reconnect_grace: Duration::from_millis(config.limits.reconnect_grace_ms),
                 room_linger: Duration::from_secs(60),
             };
+            let port = match config.media.port_base {
+                0 => 0,
+                base => base.saturating_add(worker_id as u16),
+            };
+            let udp = UdpSettings {
+                bind: std::net::SocketAddr::new(config.media.bind_ip, port),
+                public_ip: config.media.public_ip,
+            };
             workers.push(
                 Worker::spawn(
                     cfg,
+                    udp,
                     config.limits.worker_queue,
                     directory.clone(),
                     metrics.clone(),

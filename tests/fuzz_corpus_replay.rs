@@ -84,5 +84,8 @@ fn http_request_corpus_replays_without_panic() {
             _ => Outcome::Refused,
         }
     });
-    assert!(n >= 15, "the http corpus has {n} files; expected at least 15");
+    assert!(
+        n >= 15,
+        "the http corpus has {n} files; expected at least 15"
+    );
 }

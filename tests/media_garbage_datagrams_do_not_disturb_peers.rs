@@ -1,5 +1,6 @@
 //! Garbage datagrams (random, truncated STUN/DTLS/RTP) from unknown and known addresses
 //! do not panic the core and the others keep receiving.
+#![allow(clippy::disallowed_methods)] // tests own their clock
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! A third participant joining late gets a keyframe within one RTT of subscribing
 //! (measured on simulated time from the moment its subscribe peer connection is up).
+#![allow(clippy::disallowed_methods)] // tests own their clock
 
 use std::time::Duration;
 

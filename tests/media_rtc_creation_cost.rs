@@ -1,5 +1,6 @@
 //! Rtc creation cost: measured and printed, never asserted (tests do not assert on
 //! wall-clock speed). Run with `--nocapture` (and `--release` for representative figures).
+#![allow(clippy::disallowed_methods)] // tests own their clock
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

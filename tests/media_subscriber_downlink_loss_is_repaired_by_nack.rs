@@ -1,5 +1,6 @@
 //! 5% random loss on the subscriber's downlink is repaired by NACK/RTX: the receiver
 //! ends with no missing video sequence numbers.
+#![allow(clippy::disallowed_methods)] // tests own their clock
 
 use std::time::Duration;
 

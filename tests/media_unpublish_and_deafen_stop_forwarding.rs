@@ -1,5 +1,6 @@
 //! Unpublishing (renegotiation without the m-line, or `remove_track`) stops forwarding;
 //! `set_audio_deafened` stops audio to that participant and only audio.
+#![allow(clippy::disallowed_methods)] // tests own their clock
 
 use std::time::Duration;
 

@@ -191,7 +191,7 @@ fn a_full_room_answers_room_full() {
 }
 
 #[test]
-fn media_requests_answer_a_clear_error_until_the_media_engine_lands() {
+fn an_unparseable_publish_offer_answers_negotiation_failed() {
     let srv = TestServer::start();
     let (mut ws, _) = srv.join("u", "d", "c");
     let m = ws.request(

@@ -12,6 +12,7 @@
 
 pub mod command;
 pub mod link;
+mod media_map;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Permissions;
 use crate::directory::{Directory, WorkerId};
-use crate::ids::{ChannelId, DeviceId, RequestId, SessionId, UserUid};
+use crate::ids::{ChannelId, DeviceId, RequestId, SessionId, TrackId, UserUid};
+use crate::media::{MediaCore, MediaEvent, MediaKind, MediaStats, NegotiationError, PcKind};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ClientRequest, ErrorCode, Joined, KickReason, LeaveReason, MediaState, Participant,
-    ServerMessage, Track, UnpublishReason,
+    ClientRequest, ErrorCode, IceCandidate, Joined, KickReason, Kind, LeaveReason, MediaState, Mid,
+    Participant, PeerKind, PublishTrackSpec, PublishedTrackRef, Rejected, ServerMessage,
+    SubscriptionSpec, Track, UnpublishReason,
 };
 use crate::secret::{Secret, constant_time_eq, random_hex};
 
@@ -48,6 +51,9 @@ pub struct EngineConfig {
     pub room_linger: Duration,
 }
 
+/// Remote candidates held for a peer connection not offered yet (protocol-v1 §4).
+const MAX_HELD_CANDIDATES: usize = 32;
+
 struct Member {
     session_id: SessionId,
     user: UserUid,
@@ -58,6 +64,8 @@ struct Member {
     stale_since: Option<Instant>,
     resume_secret: Secret<String>,
     tracks: Vec<Track>,
+    /// Candidates that arrived before their peer connection's offer.
+    held_candidates: Vec<(PcKind, String)>,
 }
 
 impl Member {
@@ -91,21 +99,113 @@ pub struct Engine {
     cfg: EngineConfig,
     directory: Arc<Directory>,
     metrics: Arc<Metrics>,
+    media: MediaCore,
     rooms: HashMap<ChannelId, Room>,
     sessions: HashMap<SessionId, ChannelId>,
+    /// Every published track of this worker → its publisher.
+    track_owner: HashMap<TrackId, SessionId>,
     next_tick: Option<Instant>,
+    /// Media counters already exported to the metrics.
+    exported: MediaStats,
 }
 
 impl Engine {
     /// An engine with no rooms.
-    pub fn new(cfg: EngineConfig, directory: Arc<Directory>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        cfg: EngineConfig,
+        directory: Arc<Directory>,
+        metrics: Arc<Metrics>,
+        media: MediaCore,
+    ) -> Self {
         Self {
             cfg,
             directory,
             metrics,
+            media,
             rooms: HashMap::new(),
             sessions: HashMap::new(),
+            track_owner: HashMap::new(),
             next_tick: None,
+            exported: MediaStats::default(),
+        }
+    }
+
+    /// A datagram arrived on the worker's UDP socket.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: std::net::SocketAddr,
+        destination: std::net::SocketAddr,
+        data: &[u8],
+    ) {
+        self.media.handle_datagram(now, source, destination, data);
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<str0m::net::Transmit> {
+        self.media.poll_transmit()
+    }
+
+    /// Handles the media core's events and exports its counters; the driver calls
+    /// this once per loop turn.
+    pub fn flush(&mut self) {
+        while let Some(ev) = self.media.poll_event() {
+            self.media_event(ev);
+        }
+        let s = self.media.stats();
+        let e = &self.exported;
+        let m = &self.metrics;
+        m.forwarded_packets
+            .inc_by(s.forwarded_packets.saturating_sub(e.forwarded_packets));
+        m.forwarded_bytes
+            .inc_by(s.forwarded_bytes.saturating_sub(e.forwarded_bytes));
+        m.pli.inc_by(
+            s.keyframe_requests_out
+                .saturating_sub(e.keyframe_requests_out),
+        );
+        for (reason, now_v, then_v) in [
+            ("unroutable", s.dropped_unroutable, e.dropped_unroutable),
+            ("invalid", s.dropped_invalid, e.dropped_invalid),
+            (
+                "unknown_stream",
+                s.dropped_unknown_stream,
+                e.dropped_unknown_stream,
+            ),
+            ("muted", s.dropped_muted, e.dropped_muted),
+            ("waiting_keyframe", s.dropped_waiting, e.dropped_waiting),
+            ("no_codec", s.dropped_no_codec, e.dropped_no_codec),
+        ] {
+            if now_v > then_v {
+                m.dropped(reason, now_v - then_v);
+            }
+        }
+        self.exported = s;
+    }
+
+    fn media_event(&mut self, ev: MediaEvent) {
+        match ev {
+            MediaEvent::LayerChanged {
+                subscriber,
+                track,
+                layer,
+            } => {
+                if let Some(m) = self.member_mut(&subscriber) {
+                    m.link
+                        .send(SessionEvent::Event(ServerMessage::LayerChanged {
+                            track_id: track,
+                            layer: layer.map(media_map::layer_to_wire),
+                        }));
+                }
+            }
+            MediaEvent::PeerConnected { who, pc } => {
+                log::debug!("peer connected session_id={who} pc={pc:?}");
+            }
+            MediaEvent::PeerDisconnected { who, pc } => {
+                log::info!("peer ICE disconnected session_id={who} pc={pc:?}");
+            }
+            MediaEvent::TrackFlowing { track } => {
+                log::debug!("track flowing track_id={track}");
+            }
         }
     }
 
@@ -157,11 +257,16 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_tick
+        match (self.next_tick, self.media.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Expires grace windows, notices dead sockets, forgets empty rooms.
+    /// Runs due media timers; expires grace windows, notices dead sockets,
+    /// forgets empty rooms.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.media.handle_timeout(now);
         if self.next_tick.is_none_or(|t| now < t) {
             return;
         }
@@ -182,7 +287,7 @@ impl Engine {
         }
         for sid in expired {
             log::info!("reconnect grace expired session_id={sid}");
-            self.remove_member(&sid, LeaveReason::Disconnected, None);
+            self.remove_member(now, &sid, LeaveReason::Disconnected, None);
         }
         let linger = self.cfg.room_linger;
         let worker = self.cfg.worker_id;
@@ -264,7 +369,7 @@ impl Engine {
                 grant.user,
                 grant.device
             );
-            self.remove_member(&old, LeaveReason::Replaced, Some(KickReason::Replaced));
+            self.remove_member(now, &old, LeaveReason::Replaced, Some(KickReason::Replaced));
         }
         let room = self.rooms.entry(channel.clone()).or_insert_with(|| Room {
             members: Vec::new(),
@@ -294,6 +399,7 @@ impl Engine {
             stale_since: None,
             resume_secret: Secret::new(random_hex(24)),
             tracks: Vec::new(),
+            held_candidates: Vec::new(),
         };
         let others: Vec<Participant> = room.members.iter().map(Member::participant).collect();
         let me = member.participant();
@@ -335,7 +441,6 @@ impl Engine {
             .insert(member.session_id.clone(), channel.clone());
         room.members.push(member);
         self.publish_snapshot(&channel);
-        let _ = now;
     }
 
     fn resume(
@@ -438,46 +543,343 @@ impl Engine {
         }
         let link = m.link.clone();
         match request {
-            ClientRequest::MediaState(patch) => {
-                let changed = m.media_state.apply(&patch);
-                let (user, state) = (m.user.clone(), m.media_state);
-                Self::reply(&link, request_id, ServerMessage::Ack);
-                if changed {
-                    let ev = ServerMessage::MediaStateChanged {
-                        session_id: sid.clone(),
-                        user_uid: user,
-                        state,
-                    };
-                    self.broadcast_except(&sid, &ev);
-                    self.publish_snapshot_of(&sid);
-                }
-            }
+            ClientRequest::MediaState(patch) => self.media_state(&sid, &link, request_id, &patch),
             ClientRequest::Leave => {
                 Self::reply(&link, request_id, ServerMessage::Ack);
-                self.remove_member(&sid, LeaveReason::Left, None);
+                self.remove_member(now, &sid, LeaveReason::Left, None);
                 link.send(SessionEvent::Close {
                     kicked: None,
                     code: 1000,
                     reason: "left",
                 });
             }
-            ClientRequest::OfferPublish { .. }
-            | ClientRequest::OfferSubscribe { .. }
-            | ClientRequest::IceCandidate(_)
-            | ClientRequest::SubscriptionUpdate { .. } => {
-                Self::error(
-                    &link,
-                    request_id,
-                    ErrorCode::NegotiationFailed,
-                    "this server has no media engine yet: signaling only",
+            ClientRequest::OfferPublish { sdp, tracks } => {
+                self.offer_publish(now, &sid, &link, request_id, &sdp, &tracks)
+            }
+            ClientRequest::OfferSubscribe { sdp, subscriptions } => {
+                self.offer_subscribe(now, &sid, &link, request_id, &sdp, &subscriptions)
+            }
+            ClientRequest::IceCandidate(c) => self.ice_candidate(&sid, &link, request_id, c),
+            ClientRequest::SubscriptionUpdate {
+                track_id,
+                max_layer,
+                paused,
+            } => {
+                if !self.track_in_room_of(&track_id, &sid) {
+                    Self::error(
+                        &link,
+                        request_id,
+                        ErrorCode::UnknownTrack,
+                        "track_id: no such track in this channel",
+                    );
+                    return;
+                }
+                self.media.set_subscription(
+                    &sid,
+                    &track_id,
+                    max_layer.map(media_map::layer_to_media),
+                    paused,
                 );
+                Self::reply(&link, request_id, ServerMessage::Ack);
             }
             ClientRequest::Join(_) | ClientRequest::Ping(_) => {
                 // The front answers these itself; reaching here is a front bug.
                 Self::error(&link, request_id, ErrorCode::Internal, "unexpected request");
             }
         }
-        let _ = now;
+    }
+
+    fn track_in_room_of(&self, track: &TrackId, sid: &SessionId) -> bool {
+        match (self.track_owner.get(track), self.sessions.get(sid)) {
+            (Some(owner), Some(ch)) => self.sessions.get(owner) == Some(ch),
+            _ => false,
+        }
+    }
+
+    fn media_state(
+        &mut self,
+        sid: &SessionId,
+        link: &SessionLink,
+        request_id: RequestId,
+        patch: &crate::protocol::MediaStatePatch,
+    ) {
+        let Some(m) = self.member_mut(sid) else {
+            return;
+        };
+        let changed = m.media_state.apply(patch);
+        let state = m.media_state;
+        let user = m.user.clone();
+        let mut forwarding = Vec::new();
+        for t in &mut m.tracks {
+            let muted = match t.kind {
+                Kind::Audio => state.audio_muted,
+                Kind::Video => state.video_muted,
+            };
+            t.muted = muted;
+            forwarding.push((t.track_id.clone(), !muted));
+        }
+        for (track, enabled) in forwarding {
+            self.media.set_track_forwarding(&track, enabled);
+        }
+        self.media.set_audio_deafened(sid, state.deafened);
+        Self::reply(link, request_id, ServerMessage::Ack);
+        if changed {
+            let ev = ServerMessage::MediaStateChanged {
+                session_id: sid.clone(),
+                user_uid: user,
+                state,
+            };
+            self.broadcast_except(sid, &ev);
+            self.publish_snapshot_of(sid);
+        }
+    }
+
+    fn offer_publish(
+        &mut self,
+        now: Instant,
+        sid: &SessionId,
+        link: &SessionLink,
+        request_id: RequestId,
+        sdp: &str,
+        tracks: &[PublishTrackSpec],
+    ) {
+        let Some(m) = self.member_mut(sid) else {
+            return;
+        };
+        let (perms, user, state) = (m.permissions, m.user.clone(), m.media_state);
+        if let Some(t) = tracks
+            .iter()
+            .find(|t| !media_map::may_publish(perms, t.source))
+        {
+            Self::error(
+                link,
+                request_id,
+                ErrorCode::Forbidden,
+                &format!(
+                    "publishing {} needs the {} permission",
+                    t.source.as_str(),
+                    media_map::permission_for(t.source).name()
+                ),
+            );
+            return;
+        }
+        if tracks.len() > self.cfg.tracks_per_participant {
+            Self::error(
+                link,
+                request_id,
+                ErrorCode::TrackLimit,
+                &format!(
+                    "at most {} published tracks per participant",
+                    self.cfg.tracks_per_participant
+                ),
+            );
+            return;
+        }
+        let specs: Vec<(String, crate::media::TrackSource)> = tracks
+            .iter()
+            .map(|t| {
+                (
+                    t.mid.as_str().to_string(),
+                    media_map::source_to_media(t.source),
+                )
+            })
+            .collect();
+        let answer = match self.media.publish_offer(now, sid, sdp, &specs) {
+            Ok(a) => a,
+            Err(e) => {
+                self.metrics.negotiation_error.inc();
+                log::info!("publish offer refused session_id={sid}: {e}");
+                Self::error(
+                    link,
+                    request_id,
+                    ErrorCode::NegotiationFailed,
+                    &e.to_string(),
+                );
+                return;
+            }
+        };
+        let all: Vec<Track> = answer
+            .tracks
+            .iter()
+            .map(|ti| {
+                let kind = media_map::kind_to_wire(ti.kind);
+                let muted = match ti.kind {
+                    MediaKind::Audio => state.audio_muted,
+                    MediaKind::Video => state.video_muted,
+                };
+                Track {
+                    track_id: ti.track_id.clone(),
+                    session_id: sid.clone(),
+                    user_uid: user.clone(),
+                    kind,
+                    source: media_map::source_to_wire(ti.source),
+                    simulcast: ti.simulcast_rids.clone(),
+                    codec: media_map::codec_to_wire(ti.codec),
+                    muted,
+                }
+            })
+            .collect();
+        let refs: Vec<PublishedTrackRef> = answer
+            .tracks
+            .iter()
+            .filter_map(|ti| {
+                Some(PublishedTrackRef {
+                    mid: Mid::parse(&ti.mid).ok()?,
+                    track_id: ti.track_id.clone(),
+                })
+            })
+            .collect();
+        Self::reply(
+            link,
+            request_id,
+            ServerMessage::AnswerPublish {
+                sdp: answer.sdp,
+                tracks: refs,
+            },
+        );
+        for t in &all {
+            if t.muted {
+                self.media.set_track_forwarding(&t.track_id, false);
+            }
+        }
+        for removed in &answer.removed {
+            self.track_owner.remove(removed);
+            self.broadcast_except(
+                sid,
+                &ServerMessage::TrackUnpublished {
+                    track_id: removed.clone(),
+                    session_id: sid.clone(),
+                    reason: UnpublishReason::Unpublished,
+                },
+            );
+        }
+        for added in &answer.added {
+            if let Some(t) = all.iter().find(|t| &t.track_id == added) {
+                self.track_owner.insert(added.clone(), sid.clone());
+                self.metrics
+                    .track_published(t.kind.as_str(), t.source.as_str());
+                log::info!(
+                    "track published session_id={sid} track_id={added} source={}",
+                    t.source.as_str()
+                );
+                self.broadcast_except(sid, &ServerMessage::TrackPublished(t.clone()));
+            }
+        }
+        let held = match self.member_mut(sid) {
+            Some(m) => {
+                m.tracks = all;
+                let (publish, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut m.held_candidates)
+                    .into_iter()
+                    .partition(|(pc, _)| *pc == PcKind::Publish);
+                m.held_candidates = keep;
+                publish
+            }
+            None => Vec::new(),
+        };
+        for (pc, c) in held {
+            let _ = self.media.add_remote_candidate(sid, pc, &c);
+        }
+        self.publish_snapshot_of(sid);
+    }
+
+    fn offer_subscribe(
+        &mut self,
+        now: Instant,
+        sid: &SessionId,
+        link: &SessionLink,
+        request_id: RequestId,
+        sdp: &str,
+        subscriptions: &[SubscriptionSpec],
+    ) {
+        // Tracks of other channels are invisible: left out here, their m-lines are
+        // rejected `unknown_track` by the media core like any unnamed m-line.
+        let subs: Vec<(String, TrackId, Option<crate::media::Layer>)> = subscriptions
+            .iter()
+            .filter(|s| self.track_in_room_of(&s.track_id, sid))
+            .map(|s| {
+                (
+                    s.mid.as_str().to_string(),
+                    s.track_id.clone(),
+                    s.max_layer.map(media_map::layer_to_media),
+                )
+            })
+            .collect();
+        match self.media.subscribe_offer(now, sid, sdp, &subs) {
+            Ok(answer) => {
+                let rejected = answer
+                    .rejected
+                    .iter()
+                    .filter_map(|(mid, r)| {
+                        Some(Rejected {
+                            mid: Mid::parse(mid).ok()?,
+                            code: media_map::reject_code(*r),
+                        })
+                    })
+                    .collect();
+                Self::reply(
+                    link,
+                    request_id,
+                    ServerMessage::AnswerSubscribe {
+                        sdp: answer.sdp,
+                        rejected,
+                    },
+                );
+                let held = match self.member_mut(sid) {
+                    Some(m) => {
+                        let (sub, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut m.held_candidates)
+                            .into_iter()
+                            .partition(|(pc, _)| *pc == PcKind::Subscribe);
+                        m.held_candidates = keep;
+                        sub
+                    }
+                    None => Vec::new(),
+                };
+                for (pc, c) in held {
+                    let _ = self.media.add_remote_candidate(sid, pc, &c);
+                }
+            }
+            Err(e) => {
+                self.metrics.negotiation_error.inc();
+                log::info!("subscribe offer refused session_id={sid}: {e}");
+                Self::error(
+                    link,
+                    request_id,
+                    ErrorCode::NegotiationFailed,
+                    &e.to_string(),
+                );
+            }
+        }
+    }
+
+    fn ice_candidate(
+        &mut self,
+        sid: &SessionId,
+        link: &SessionLink,
+        request_id: RequestId,
+        c: IceCandidate,
+    ) {
+        // Every well-formed candidate is acked (protocol-v1 §4); ICE-lite learns
+        // addresses from STUN, so a candidate str0m cannot use changes nothing.
+        Self::reply(link, request_id, ServerMessage::Ack);
+        let mdns = c.is_mdns();
+        let Some(text) = c.candidate.filter(|_| !mdns) else {
+            return;
+        };
+        let pc = match c.pc {
+            PeerKind::Publish => PcKind::Publish,
+            PeerKind::Subscribe => PcKind::Subscribe,
+        };
+        match self.media.add_remote_candidate(sid, pc, &text) {
+            Ok(()) => {}
+            Err(NegotiationError::NoPeerConnection) => {
+                if let Some(m) = self.member_mut(sid)
+                    && m.held_candidates.len() < MAX_HELD_CANDIDATES
+                {
+                    m.held_candidates.push((pc, text));
+                }
+            }
+            Err(e) => log::debug!("remote candidate not used session_id={sid}: {e}"),
+        }
     }
 
     fn broadcast_except(&self, sid: &SessionId, ev: &ServerMessage) {
@@ -491,10 +893,17 @@ impl Engine {
 
     /// Removes a participant: its tracks unpublished, then `participant.left`, both
     /// with `reason`; `kick` sends it `rtc.kicked` and closes its socket.
-    fn remove_member(&mut self, sid: &SessionId, reason: LeaveReason, kick: Option<KickReason>) {
+    fn remove_member(
+        &mut self,
+        now: Instant,
+        sid: &SessionId,
+        reason: LeaveReason,
+        kick: Option<KickReason>,
+    ) {
         let Some(channel) = self.sessions.remove(sid) else {
             return;
         };
+        self.media.remove_participant(now, sid);
         let Some(room) = self.rooms.get_mut(&channel) else {
             return;
         };
@@ -502,6 +911,9 @@ impl Engine {
             return;
         };
         let m = room.members.remove(pos);
+        for t in &m.tracks {
+            self.track_owner.remove(&t.track_id);
+        }
         if let Some(k) = kick {
             let (code, text) = match k {
                 KickReason::Replaced => (4409, "replaced"),

@@ -258,6 +258,7 @@ impl Sim {
             .unwrap_or(default_seed);
         let server_addr: SocketAddr = (Ipv4Addr::new(10, 0, 0, 1), 4000).into();
         // Simulated time starts at an arbitrary real instant; only differences matter.
+        #[expect(clippy::disallowed_methods, reason = "the simulation's origin of time")]
         let start = Instant::now();
         Self {
             core: MediaCore::new(MediaConfig::new(server_addr)),
