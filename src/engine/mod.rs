@@ -688,7 +688,9 @@ impl Engine {
             Ok(a) => a,
             Err(e) => {
                 self.metrics.negotiation_error.inc();
-                log::info!("publish offer refused session_id={sid}: {e}");
+                // The reason goes to the client only: it may quote the SDP, whose
+                // ICE password and fingerprint never reach a log line.
+                log::info!("publish offer refused session_id={sid}");
                 Self::error(
                     link,
                     request_id,
@@ -765,20 +767,10 @@ impl Engine {
                 self.broadcast_except(sid, &ServerMessage::TrackPublished(t.clone()));
             }
         }
-        let held = match self.member_mut(sid) {
-            Some(m) => {
-                m.tracks = all;
-                let (publish, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut m.held_candidates)
-                    .into_iter()
-                    .partition(|(pc, _)| *pc == PcKind::Publish);
-                m.held_candidates = keep;
-                publish
-            }
-            None => Vec::new(),
-        };
-        for (pc, c) in held {
-            let _ = self.media.add_remote_candidate(sid, pc, &c);
+        if let Some(m) = self.member_mut(sid) {
+            m.tracks = all;
         }
+        self.apply_held_candidates(sid, PcKind::Publish);
         self.publish_snapshot_of(sid);
     }
 
@@ -824,29 +816,36 @@ impl Engine {
                         rejected,
                     },
                 );
-                let held = match self.member_mut(sid) {
-                    Some(m) => {
-                        let (sub, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut m.held_candidates)
-                            .into_iter()
-                            .partition(|(pc, _)| *pc == PcKind::Subscribe);
-                        m.held_candidates = keep;
-                        sub
-                    }
-                    None => Vec::new(),
-                };
-                for (pc, c) in held {
-                    let _ = self.media.add_remote_candidate(sid, pc, &c);
-                }
+                self.apply_held_candidates(sid, PcKind::Subscribe);
             }
             Err(e) => {
                 self.metrics.negotiation_error.inc();
-                log::info!("subscribe offer refused session_id={sid}: {e}");
+                log::info!("subscribe offer refused session_id={sid}");
                 Self::error(
                     link,
                     request_id,
                     ErrorCode::NegotiationFailed,
                     &e.to_string(),
                 );
+            }
+        }
+    }
+
+    /// Applies the candidates that arrived before `pc` was offered.
+    fn apply_held_candidates(&mut self, sid: &SessionId, pc: PcKind) {
+        let held = match self.member_mut(sid) {
+            Some(m) => {
+                let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut m.held_candidates)
+                    .into_iter()
+                    .partition(|(kind, _)| *kind == pc);
+                m.held_candidates = later;
+                now
+            }
+            None => return,
+        };
+        for (kind, c) in held {
+            if self.media.add_remote_candidate(sid, kind, &c).is_err() {
+                log::debug!("held candidate not used session_id={sid}");
             }
         }
     }
@@ -878,7 +877,7 @@ impl Engine {
                     m.held_candidates.push((pc, text));
                 }
             }
-            Err(e) => log::debug!("remote candidate not used session_id={sid}: {e}"),
+            Err(_) => log::debug!("remote candidate not used session_id={sid}"),
         }
     }
 
