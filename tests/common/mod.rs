@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
+pub mod peer;
+
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
