@@ -392,6 +392,10 @@ fn bad_signaling(server: &PrismProcess, carol: &mut RealPeer, media_end: Instant
         assert!(codes.contains(&code), "{what}: {response}");
         let message = response["payload"]["message"].as_str().unwrap_or_default();
         assert!(!message.is_empty(), "{what}: an error says why: {response}");
+        assert!(
+            !message.contains("0x") && !message.contains('\n'),
+            "{what}: the reason is one plain line without server internals: {response}"
+        );
     }
 
     // Dave publishes and leaves: his track id now belongs to nobody.

@@ -99,6 +99,33 @@ fn two_peers_receive_each_others_audio_and_video_intact_over_real_sockets() {
             }
         }
     }
+    // Each video subscription reports its layer when it first flows; a track
+    // without simulcast reports `f` (protocol-v1 §5).
+    for (peer, other) in [(&alice, &of_bob), (&bob, &of_alice)] {
+        let layers = peer.events_of("rtc.layer.changed");
+        let video: Vec<&String> = other
+            .iter()
+            .filter(|id| {
+                peer.known_tracks
+                    .get(*id)
+                    .is_some_and(|t| t["kind"] == "video")
+            })
+            .collect();
+        assert!(
+            !video.is_empty(),
+            "{}: a video track was subscribed",
+            peer.name
+        );
+        for id in video {
+            let first = layers
+                .iter()
+                .find(|e| e["payload"]["track_id"] == id.as_str())
+                .unwrap_or_else(|| {
+                    panic!("{}: no rtc.layer.changed for {id}: {layers:?}", peer.name)
+                });
+            assert_eq!(first["payload"]["layer"], "f", "{first}");
+        }
+    }
     for peer in [&alice, &bob] {
         assert!(
             peer.events_of("rtc.error").is_empty(),

@@ -199,6 +199,8 @@ struct Sub {
     current_layer: Option<usize>,
     /// Packets were deliberately skipped since the last forwarded one: rebase first.
     gap: bool,
+    /// The layer last reported to the subscriber (`rtc.layer.changed`).
+    reported_layer: Option<Layer>,
     rewriter: Rewriter,
 }
 
@@ -594,6 +596,7 @@ impl MediaCore {
                 paused: false,
                 deafened,
                 current_layer: None,
+                reported_layer: None,
                 gap: false,
                 rewriter: Rewriter::default(),
             };
@@ -701,6 +704,16 @@ impl MediaCore {
             }
             if let Some(p) = paused {
                 s.paused = p;
+                // A paused video subscription reports `null` (protocol-v1 §5); the
+                // layer it resumes on is reported when it flows again.
+                if p && s.reported_layer.is_some() {
+                    s.reported_layer = None;
+                    self.events.push_back(MediaEvent::LayerChanged {
+                        subscriber: s.subscriber.clone(),
+                        track: track.clone(),
+                        layer: None,
+                    });
+                }
             }
         }
     }
@@ -1180,11 +1193,19 @@ impl MediaCore {
                     sub.current_layer = desired;
                     sub.rewriter.switch_source();
                     sub.gap = false;
-                    if track.layers.len() > 1 {
+                    // protocol-v1 §5: when a video subscription first flows and
+                    // whenever its layer changes; a track without simulcast is `f`.
+                    let name = if track.layers.len() > 1 {
+                        track.layer_name(layer)
+                    } else {
+                        Layer::F
+                    };
+                    if video && sub.reported_layer != Some(name) {
+                        sub.reported_layer = Some(name);
                         self.events.push_back(MediaEvent::LayerChanged {
                             subscriber: sub.subscriber.clone(),
                             track: track.id.clone(),
-                            layer: Some(track.layer_name(layer)),
+                            layer: Some(name),
                         });
                     }
                 } else if let Some(d) = desired {

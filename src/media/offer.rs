@@ -44,7 +44,15 @@ impl OfferLine {
 
 /// Parses an offer and lists its m-lines. Errors are human-readable reasons.
 pub(crate) fn analyze(sdp: &str) -> Result<(SdpOffer, Vec<OfferLine>), String> {
-    let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("unparseable SDP: {e}"))?;
+    // str0m's parse error text quotes parser internals (addresses of its buffers),
+    // so the client gets a plain reason; the first line is the usual culprit.
+    let offer = SdpOffer::from_sdp_string(sdp).map_err(|_| {
+        if sdp.starts_with("v=0") {
+            "the SDP could not be parsed".to_string()
+        } else {
+            "the SDP could not be parsed: it must start with v=0".to_string()
+        }
+    })?;
     let mut lines = Vec::with_capacity(offer.media_lines.len());
     for (index, ml) in offer.media_lines.iter().enumerate() {
         // `mid()` panics without exactly one a=mid; check_consistent rules that out.
