@@ -20,8 +20,10 @@ log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "fuzz targets build (stable toolchain, no sanitizer: a compile check)"
-# The main target directory: its compiled dependencies are reused.
-CARGO_TARGET_DIR="$PWD/target" cargo build --manifest-path fuzz/Cargo.toml --bins --locked
+# The fuzz crate's lock is derived from the main one (same dependency versions) and
+# it builds in the main target directory, so compiled dependencies are reused.
+cp Cargo.lock fuzz/Cargo.lock
+CARGO_TARGET_DIR="$PWD/target" cargo build --manifest-path fuzz/Cargo.toml --bins
 
 log "tests"
 cargo test --workspace --locked

@@ -42,17 +42,28 @@ impl OfferLine {
     }
 }
 
+/// A one-line reason from str0m's SDP parse error, without the parser internals it
+/// quotes (`PointerOffset(0x…)` is an address inside the server process).
+fn parse_reason(text: &str) -> String {
+    let detail: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains("0x") && !l.contains("PointerOffset"))
+        .collect();
+    let mut reason = format!("the SDP could not be parsed: {}", detail.join("; "));
+    if reason.len() > 200 {
+        let mut cut = 200;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    reason
+}
+
 /// Parses an offer and lists its m-lines. Errors are human-readable reasons.
 pub(crate) fn analyze(sdp: &str) -> Result<(SdpOffer, Vec<OfferLine>), String> {
-    // str0m's parse error text quotes parser internals (addresses of its buffers),
-    // so the client gets a plain reason; the first line is the usual culprit.
-    let offer = SdpOffer::from_sdp_string(sdp).map_err(|_| {
-        if sdp.starts_with("v=0") {
-            "the SDP could not be parsed".to_string()
-        } else {
-            "the SDP could not be parsed: it must start with v=0".to_string()
-        }
-    })?;
+    let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| parse_reason(&e.to_string()))?;
     let mut lines = Vec::with_capacity(offer.media_lines.len());
     for (index, ml) in offer.media_lines.iter().enumerate() {
         // `mid()` panics without exactly one a=mid; check_consistent rules that out.
@@ -146,7 +157,8 @@ m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=setup:actpass
 
     #[test]
     fn garbage_and_missing_mid_are_reasons_not_panics() {
-        assert!(analyze("hello").is_err());
+        let err = analyze("hello").expect_err("garbage");
+        assert!(!err.contains("0x") && !err.contains('\n'), "{err}");
         assert!(analyze("").is_err());
         let no_mid = OFFER.replace("a=mid:0\r\n", "");
         let err = analyze(&no_mid).expect_err("missing mid");
