@@ -365,7 +365,7 @@ pub fn read_response(s: &mut impl Read) -> Option<RawResponse> {
 /// A signaling client.
 pub struct Ws {
     pub ws: WebSocket<Stream>,
-    next_id: u64,
+    pub next_id: u64,
 }
 
 impl Ws {
