@@ -50,4 +50,9 @@ fn five_percent_loss_on_the_subscriber_downlink_is_repaired_by_nack_and_rtx() {
     assert!(lost > 20, "the network really dropped packets ({lost})");
     assert!(distinct > 600);
     assert!(got.missing().is_empty(), "unrepaired: {:?}", got.missing());
+    // The repairs were asked for: NACKs from the subscriber are counted (the figure
+    // behind `rtc_nack_total`).
+    let nacks = sim.core.stats().nacks_in;
+    assert!(nacks > 0, "no NACK counted");
+    eprintln!("{nacks} NACKs counted");
 }

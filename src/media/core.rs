@@ -121,6 +121,9 @@ struct Pc {
     ssrc_routes: Vec<(Ssrc, usize, usize)>,
     /// Subscribe side: subscription slots by m-line.
     subs_by_mid: Vec<(Mid, usize)>,
+    /// Subscribe side: NACKs received per m-line as of the last stats event
+    /// (str0m reports cumulative counts).
+    nacks_seen: Vec<(Mid, u64)>,
 }
 
 #[derive(Default)]
@@ -363,6 +366,8 @@ impl MediaCore {
             .enable_h265(false)
             .set_send_buffer_video(self.cfg.rtx_cache_video_packets)
             .set_send_buffer_audio(self.cfg.rtx_cache_audio_packets)
+            // Once a second: the NACK counts behind `rtc_nack_total`.
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)))
             .build(now);
         match Candidate::host(self.cfg.host, "udp") {
             Ok(c) => {
@@ -942,6 +947,7 @@ impl MediaCore {
             deadline: None,
             ssrc_routes: Vec::new(),
             subs_by_mid: Vec::new(),
+            nacks_seen: Vec::new(),
         });
         let p = self.participants.entry(who.clone()).or_default();
         match kind {
@@ -1138,6 +1144,16 @@ impl MediaCore {
                         self.pending_keyframes.push((track, layer, req.kind));
                     }
                 }
+            }
+            Event::MediaEgressStats(st) => {
+                let prev = match pc.nacks_seen.iter_mut().find(|(m, _)| *m == st.mid) {
+                    Some((_, n)) => std::mem::replace(n, st.nacks),
+                    None => {
+                        pc.nacks_seen.push((st.mid, st.nacks));
+                        0
+                    }
+                };
+                self.stats.nacks_in += st.nacks.saturating_sub(prev);
             }
             _ => {}
         }

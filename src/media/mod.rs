@@ -271,6 +271,8 @@ pub struct MediaStats {
     pub keyframe_requests_in: u64,
     /// Keyframe requests sent to publishers (after throttling).
     pub keyframe_requests_out: u64,
+    /// NACKs received from subscribers (reported once a second per m-line).
+    pub nacks_in: u64,
     /// Peer connections created.
     pub peer_connections_created: u64,
 }
