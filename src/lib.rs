@@ -1,6 +1,6 @@
 //! Prism: a WebRTC selective forwarding unit.
 //!
-//! Threads (see `README.md` and `docs/architecture.md`): a pool of signaling front
+//! Threads (see `docs/architecture.md`): a pool of signaling front
 //! threads (HTTP + WebSocket over mio, optional TLS), media workers (one mio loop
 //! each, owning rooms and str0m `Rtc`s), and a store thread (SQLite). They talk over
 //! bounded crossbeam channels only.
