@@ -9,6 +9,12 @@
 //! replays it. (str0m draws its own randomness for ICE credentials, SSRCs and DTLS, so
 //! byte contents differ between runs; the network's decisions and timing do not.)
 //!
+//! Benchmarks (`tools/src/bin/prism-bench-engine.rs`) use three knobs the tests leave
+//! alone: [`Sim::video`] shapes the published video (bitrate, packet size),
+//! [`Sim::record_media`] turns off the per-packet records that would otherwise grow
+//! without bound, and [`Sim::set_probe`] observes every call into the core so the
+//! server's own time and allocations can be told apart from the client peers'.
+//!
 //! Invariants: simulated time only moves forward; [`Sim::drive`] is bounded in
 //! iterations and panics (with the seed) instead of spinning.
 
@@ -19,7 +25,7 @@ use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind as StrKind, Mid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
@@ -34,6 +40,45 @@ pub const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
 pub const VIDEO_INTERVAL: Duration = Duration::from_millis(33);
 /// A VP8 keyframe every this many frames (besides those requested).
 pub const KEYFRAME_EVERY: u64 = 90;
+
+/// The shape of published video when [`Sim::video`] is set: every frame (one per
+/// [`VIDEO_INTERVAL`]) earns `bitrate_bps × interval` bytes of credit and is sent in
+/// packets of exactly `payload_bytes`, as many as the credit covers (at least one);
+/// the remainder carries over to the next frame. Keyframes are no larger than other
+/// frames. 1 Mbit/s at 1200 B is ~104 packets/s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoShape {
+    /// Target video bitrate (RTP payload bytes only), bits per second.
+    pub bitrate_bps: u64,
+    /// Size of every video RTP payload, bytes (at least 16).
+    pub payload_bytes: usize,
+}
+
+/// A call the simulation makes into the core, as reported to a [`CoreProbe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CoreCall {
+    /// `publish_offer`, `subscribe_offer`, `track_info`.
+    Signaling,
+    /// `handle_datagram`.
+    Datagram,
+    /// `handle_timeout`.
+    Timeout,
+    /// Draining `poll_transmit` and `poll_event` after an input (one probe span for
+    /// the whole drain; the transmits are moved into a reused buffer).
+    Poll,
+    /// `poll_timeout`.
+    PollTimeout,
+}
+
+/// Observes every call the simulation makes into [`MediaCore`]: `enter` runs just
+/// before the call, `exit` just after it returns (what it returned is used and dropped
+/// afterwards, outside the span). Benchmarks time and count the server's work with it.
+pub trait CoreProbe {
+    /// The core is about to be called.
+    fn enter(&mut self, call: CoreCall);
+    /// The core call returned.
+    fn exit(&mut self, call: CoreCall);
+}
 
 /// SplitMix64: tiny, seedable, good enough for network impairments.
 #[derive(Debug, Clone)]
@@ -89,14 +134,19 @@ impl Default for LinkConfig {
 /// What one client peer connection received on one m-line.
 #[derive(Debug, Default, Clone)]
 pub struct Received {
-    /// Extended sequence numbers in arrival order (retransmissions included).
+    /// Extended sequence numbers in arrival order (retransmissions included; only
+    /// while [`Sim::record_media`] is on).
     pub seqs: Vec<u64>,
-    /// Payload per extended sequence number (first copy kept).
+    /// Payload per extended sequence number (first copy kept; only while
+    /// [`Sim::record_media`] is on).
     pub payloads: BTreeMap<u64, Vec<u8>>,
     /// When the first VP8 keyframe arrived.
     pub first_keyframe_at: Option<Instant>,
     /// When the first packet arrived.
     pub first_packet_at: Option<Instant>,
+    /// Packets received (retransmissions included), counted even when
+    /// [`Sim::record_media`] is off.
+    pub packets: u64,
 }
 
 impl Received {
@@ -164,13 +214,17 @@ pub struct SentStream {
     pub kind: MediaKind,
     /// The track id the server assigned.
     pub track: Option<TrackId>,
-    /// Payloads in send order.
+    /// Payloads in send order (only while [`Sim::record_media`] is on).
     pub payloads: Vec<Vec<u8>>,
+    /// Packets written, counted even when [`Sim::record_media`] is off.
+    pub packets: u64,
     next_seq: u64,
     next_ts: u32,
     next_at: Option<Instant>,
     frames: u64,
     force_keyframe: bool,
+    /// Video bytes earned but not yet sent ([`Sim::video`] only).
+    credit: i64,
     /// Sending stopped (unpublished).
     pub stopped: bool,
 }
@@ -236,6 +290,15 @@ pub struct Sim {
     pub events: Vec<(Instant, MediaEvent)>,
     /// Datagrams dropped by the simulated network.
     pub lost: u64,
+    /// Shape of published video; `None`: two 900 B packets per frame (four on keyframes).
+    pub video: Option<VideoShape>,
+    /// Keep every sent and received payload and sequence number (the tests' records).
+    /// Off for long runs: the records grow with every packet.
+    pub record_media: bool,
+    probe: Option<Box<dyn CoreProbe>>,
+    /// Reused buffers for draining the core.
+    transmit_buf: Vec<Transmit>,
+    event_buf: Vec<MediaEvent>,
 }
 
 impl Drop for Sim {
@@ -274,6 +337,28 @@ impl Sim {
             flight_seq: 0,
             events: Vec::new(),
             lost: 0,
+            video: None,
+            record_media: true,
+            probe: None,
+            transmit_buf: Vec::new(),
+            event_buf: Vec::new(),
+        }
+    }
+
+    /// Reports every later call into the core to `probe`.
+    pub fn set_probe(&mut self, probe: Box<dyn CoreProbe>) {
+        self.probe = Some(probe);
+    }
+
+    fn probe_enter(&mut self, call: CoreCall) {
+        if let Some(p) = self.probe.as_mut() {
+            p.enter(call);
+        }
+    }
+
+    fn probe_exit(&mut self, call: CoreCall) {
+        if let Some(p) = self.probe.as_mut() {
+            p.exit(call);
         }
     }
 
@@ -298,8 +383,11 @@ impl Sim {
     }
 
     fn client_addr(&self, c: usize, kind: u16) -> SocketAddr {
+        // 250 clients per /24 (10.0.1.1 …), so large fan-outs get distinct hosts.
+        let (net, host) = (c / 250, c % 250);
+        assert!(net < 250, "the sim addresses at most 62500 clients");
         (
-            Ipv4Addr::new(10, 0, 1, 1 + c as u8),
+            Ipv4Addr::new(10, 0, 1 + net as u8, 1 + host as u8),
             self.clients[c].base_port + kind,
         )
             .into()
@@ -330,11 +418,13 @@ impl Sim {
                 kind,
                 track: None,
                 payloads: Vec::new(),
+                packets: 0,
                 next_seq: 1000,
                 next_ts: 0,
                 next_at: None,
                 frames: 0,
                 force_keyframe: true,
+                credit: 0,
                 stopped: false,
             });
         }
@@ -376,10 +466,10 @@ impl Sim {
             })
             .collect();
         let id = client.id.clone();
-        let answer = self
-            .core
-            .publish_offer(self.now, &id, &offer, &tracks)
-            .expect("the core accepts the client's publish offer");
+        self.probe_enter(CoreCall::Signaling);
+        let answer = self.core.publish_offer(self.now, &id, &offer, &tracks);
+        self.probe_exit(CoreCall::Signaling);
+        let answer = answer.expect("the core accepts the client's publish offer");
         let client = &mut self.clients[c];
         let pc = client.publish.as_mut().expect("created above");
         let pending = pc.pending.take().expect("offer pending");
@@ -407,7 +497,9 @@ impl Sim {
         let now = self.now;
         let mut infos = Vec::new();
         for t in tracks {
+            self.probe_enter(CoreCall::Signaling);
             let info = self.core.track_info(t);
+            self.probe_exit(CoreCall::Signaling);
             infos.push((t.clone(), info.map(|i| i.kind).unwrap_or(MediaKind::Video)));
         }
         let client = &mut self.clients[c];
@@ -432,10 +524,11 @@ impl Sim {
             .map(|(m, t)| (m.to_string(), t.clone(), None))
             .collect();
         let id = client.id.clone();
-        let answer = self
-            .core
-            .subscribe_offer(self.now, &id, &offer.to_sdp_string(), &subs)
-            .expect("the core accepts the client's subscribe offer");
+        let offer = offer.to_sdp_string();
+        self.probe_enter(CoreCall::Signaling);
+        let answer = self.core.subscribe_offer(self.now, &id, &offer, &subs);
+        self.probe_exit(CoreCall::Signaling);
+        let answer = answer.expect("the core accepts the client's subscribe offer");
         let client = &mut self.clients[c];
         let pc = client.subscribe.as_mut().expect("created above");
         let pending = pc.pending.take().expect("offer pending");
@@ -494,13 +587,24 @@ impl Sim {
     }
 
     fn collect_core(&mut self) {
+        let mut transmits = std::mem::take(&mut self.transmit_buf);
+        let mut events = std::mem::take(&mut self.event_buf);
+        self.probe_enter(CoreCall::Poll);
         while let Some(t) = self.core.poll_transmit() {
+            transmits.push(t);
+        }
+        while let Some(e) = self.core.poll_event() {
+            events.push(e);
+        }
+        self.probe_exit(CoreCall::Poll);
+        for t in transmits.drain(..) {
             let data: &[u8] = &t.contents;
             self.send(t.source, t.destination, data.to_vec());
         }
-        while let Some(e) = self.core.poll_event() {
-            self.events.push((self.now, e));
-        }
+        let now = self.now;
+        self.events.extend(events.drain(..).map(|e| (now, e)));
+        self.transmit_buf = transmits;
+        self.event_buf = events;
     }
 
     fn pc_mut(&mut self, c: usize, which: usize) -> Option<&mut ClientPc> {
@@ -514,6 +618,7 @@ impl Sim {
 
     fn drain_client(&mut self, c: usize, which: usize) {
         let now = self.now;
+        let record = self.record_media;
         let mut out = Vec::new();
         let mut keyframe_asked = false;
         {
@@ -544,12 +649,15 @@ impl Sim {
                             let mid = mid.map(|m| m.to_string()).unwrap_or_default();
                             let r = pc.received.entry(mid).or_default();
                             let seq = *p.seq_no;
-                            r.seqs.push(seq);
+                            r.packets += 1;
                             r.first_packet_at.get_or_insert(now);
                             if video && str0m::format::detect_vp8_keyframe(&p.payload) {
                                 r.first_keyframe_at.get_or_insert(now);
                             }
-                            r.payloads.entry(seq).or_insert_with(|| p.payload.to_vec());
+                            if record {
+                                r.seqs.push(seq);
+                                r.payloads.entry(seq).or_insert_with(|| p.payload.to_vec());
+                            }
                         }
                         Event::KeyframeRequest(k) => {
                             pc.keyframe_requests.push((now, k.kind));
@@ -578,6 +686,7 @@ impl Sim {
     /// Writes the media of client `c` that is due.
     fn send_media(&mut self, c: usize) {
         let now = self.now;
+        let (shape, record) = (self.video, self.record_media);
         let client = &mut self.clients[c];
         let Some(pc) = client.publish.as_mut() else {
             return;
@@ -618,10 +727,21 @@ impl Sim {
                 MediaKind::Video => {
                     let key = s.force_keyframe || s.frames % KEYFRAME_EVERY == 0;
                     s.force_keyframe = false;
-                    let n = if key { 4 } else { 2 };
+                    let (n, size) = match shape {
+                        None => (if key { 4 } else { 2 }, 900),
+                        Some(shape) => {
+                            let size = shape.payload_bytes.max(16);
+                            let per_frame =
+                                shape.bitrate_bps as u128 * VIDEO_INTERVAL.as_micros() / 8_000_000;
+                            s.credit += per_frame as i64;
+                            let n = (s.credit / size as i64).max(1);
+                            s.credit -= n * size as i64;
+                            (n as u64, size)
+                        }
+                    };
                     for i in 0..n {
                         // VP8 payload descriptor: S=1 on the first packet, PID 0.
-                        let mut p = vec![0u8; 900];
+                        let mut p = vec![0u8; size];
                         p[0] = if i == 0 { 0x10 } else { 0x00 };
                         // VP8 payload header: P bit (bit 0) clear on keyframes.
                         p[1] = if key { 0x00 } else { 0x01 };
@@ -650,14 +770,17 @@ impl Sim {
                     voice_activity: (s.kind == MediaKind::Audio).then_some(true),
                     ..Default::default()
                 };
+                if record {
+                    s.payloads.push(payload.clone());
+                }
                 stream.write_rtp(
-                    RtpWrite::new(pt, s.next_seq.into(), s.next_ts, now, payload.clone())
+                    RtpWrite::new(pt, s.next_seq.into(), s.next_ts, now, payload)
                         .marker(marker)
                         .ext_vals(ext)
                         .nackable(true),
                 );
-                s.payloads.push(payload);
                 s.next_seq += 1;
+                s.packets += 1;
             }
             s.next_ts = s.next_ts.wrapping_add(match s.kind {
                 MediaKind::Audio => 960,
@@ -673,7 +796,9 @@ impl Sim {
 
     fn deliver(&mut self, d: InFlight) {
         if d.to == self.server_addr {
+            self.probe_enter(CoreCall::Datagram);
             self.core.handle_datagram(self.now, d.from, d.to, &d.data);
+            self.probe_exit(CoreCall::Datagram);
             self.collect_core();
             return;
         }
@@ -707,8 +832,10 @@ impl Sim {
     }
 
     /// The next instant anything happens.
-    fn next_event_time(&self) -> Option<Instant> {
+    fn next_event_time(&mut self) -> Option<Instant> {
+        self.probe_enter(CoreCall::PollTimeout);
         let mut next = self.core.poll_timeout();
+        self.probe_exit(CoreCall::PollTimeout);
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n: Instant| n.min(t)));
@@ -769,8 +896,13 @@ impl Sim {
                 }
                 self.send_media(c);
             }
-            if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.probe_enter(CoreCall::PollTimeout);
+            let core_due = self.core.poll_timeout().is_some_and(|t| t <= now);
+            self.probe_exit(CoreCall::PollTimeout);
+            if core_due {
+                self.probe_enter(CoreCall::Timeout);
                 self.core.handle_timeout(now);
+                self.probe_exit(CoreCall::Timeout);
                 self.collect_core();
             }
         }
