@@ -20,6 +20,7 @@ use crate::engine::command::{Command, WorkerHandle};
 use crate::engine::{Engine, EngineConfig};
 use crate::media::{MediaConfig, MediaCore};
 use crate::metrics::Metrics;
+use crate::udp;
 
 /// Where a worker's UDP socket listens and what address it advertises.
 #[derive(Debug, Clone, Copy)]
@@ -123,8 +124,8 @@ fn run(
     id: usize,
 ) {
     let mut events = Events::with_capacity(256);
-    // One buffer for every datagram: the largest UDP payload.
-    let mut buf = vec![0u8; 65536];
+    let mut rx_batch = udp::RecvBatch::new();
+    let mut out: Vec<str0m::net::Transmit> = Vec::with_capacity(1024);
     let mut backlog = false;
     let mut send_errors = 0u64;
     log::info!("media worker {id} started");
@@ -153,17 +154,28 @@ fn run(
         // (edge-triggered readiness: an unfinished read must be resumed at once).
         let mut read = 0;
         loop {
-            if read == DATAGRAMS_PER_TURN {
+            if read >= DATAGRAMS_PER_TURN {
                 backlog = true;
                 break;
             }
-            match socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    read += 1;
-                    engine.handle_datagram(start, from, media_addr, &buf[..n]);
+            match rx_batch.recv(&socket) {
+                Ok(0) => break,
+                Ok(n) => {
+                    read += n;
+                    for i in 0..n {
+                        match rx_batch.datagram(i) {
+                            Some((from, data)) => {
+                                engine.handle_datagram(start, from, media_addr, data)
+                            }
+                            None => metrics.dropped("oversized", 1),
+                        }
+                    }
+                    // A short batch means the socket was empty when the kernel looked;
+                    // a datagram arriving since raises a new readiness edge.
+                    if n < udp::BATCH {
+                        break;
+                    }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // ICMP errors surface here (ECONNREFUSED from a gone peer): not fatal.
                     log::debug!("media worker {id}: recv: {e}");
@@ -180,14 +192,26 @@ fn run(
         backlog |= !rx.is_empty();
         engine.handle_timeout(now());
         engine.flush();
+        // Everything this turn produced goes out in sendmmsg batches; the vector keeps
+        // its capacity, so the steady state allocates nothing here.
         while let Some(t) = engine.poll_transmit() {
-            if let Err(e) = socket.send_to(&t.contents, t.destination) {
-                // A full send buffer drops the datagram, as a congested link would.
-                send_errors += 1;
-                if send_errors.is_power_of_two() {
-                    log::warn!("media worker {id}: send failed ({send_errors} so far): {e}");
+            out.push(t);
+        }
+        if !out.is_empty() {
+            let stats = udp::send_batch(&socket, &out, |t| (&t.contents[..], t.destination));
+            out.clear();
+            let lost = stats.would_block + stats.failed;
+            if lost > 0 {
+                // A full send buffer drops datagrams, as a congested link would.
+                send_errors += lost as u64;
+                if send_errors.is_power_of_two() || lost > 1 {
+                    log::warn!(
+                        "media worker {id}: {lost} datagrams not sent ({} send buffer full, {} refused; {send_errors} so far)",
+                        stats.would_block,
+                        stats.failed
+                    );
                 }
-                metrics.dropped("send_failed", 1);
+                metrics.dropped("send_failed", lost as u64);
             }
         }
         metrics.worker_queue(id, rx.len());
