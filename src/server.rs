@@ -129,6 +129,7 @@ impl Server {
                 participants_per_channel: config.limits.participants_per_channel,
                 tracks_per_participant: config.limits.tracks_per_participant,
                 reconnect_grace: Duration::from_millis(config.limits.reconnect_grace_ms),
+                ice_disconnect_grace: Duration::from_millis(config.limits.ice_disconnect_grace_ms),
                 room_linger: Duration::from_secs(60),
             };
             let port = match config.media.port_base {

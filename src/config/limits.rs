@@ -68,7 +68,7 @@ limits! {
     ws_ping_interval_ms: u64 = 10_000, 500..=600_000;
     /// How long a dropped participant stays stale and resumable.
     reconnect_grace_ms: u64 = 20_000, 0..=600_000;
-    /// How long ICE may stay disconnected before the session is dropped.
+    /// How long a peer connection's ICE may stay disconnected before it is closed.
     ice_disconnect_grace_ms: u64 = 10_000, 1000..=600_000;
     /// Time a client gets to answer, advertised in `connection_policy`.
     answer_timeout_ms: u64 = 10_000, 1000..=600_000;

@@ -47,6 +47,9 @@ pub struct EngineConfig {
     pub tracks_per_participant: usize,
     /// How long a participant whose socket dropped stays (protocol-v1 §6).
     pub reconnect_grace: Duration,
+    /// How long a peer connection's ICE may stay `Disconnected` (str0m reports it 15 s
+    /// after the last binding request) before that connection is closed.
+    pub ice_disconnect_grace: Duration,
     /// How long an empty room keeps its directory entry.
     pub room_linger: Duration,
 }
@@ -66,6 +69,15 @@ struct Member {
     tracks: Vec<Track>,
     /// Candidates that arrived before their peer connection's offer.
     held_candidates: Vec<(PcKind, String)>,
+    /// Since when each peer connection's ICE is disconnected: `[publish, subscribe]`.
+    ice_lost: [Option<Instant>; 2],
+}
+
+fn pc_index(pc: PcKind) -> usize {
+    match pc {
+        PcKind::Publish => 0,
+        PcKind::Subscribe => 1,
+    }
 }
 
 impl Member {
@@ -107,6 +119,8 @@ pub struct Engine {
     next_tick: Option<Instant>,
     /// Media counters already exported to the metrics.
     exported: MediaStats,
+    /// The latest time an input brought (media events carry none of their own).
+    now: Option<Instant>,
 }
 
 impl Engine {
@@ -127,6 +141,7 @@ impl Engine {
             track_owner: HashMap::new(),
             next_tick: None,
             exported: MediaStats::default(),
+            now: None,
         }
     }
 
@@ -138,6 +153,7 @@ impl Engine {
         destination: std::net::SocketAddr,
         data: &[u8],
     ) {
+        self.now = Some(now);
         self.media.handle_datagram(now, source, destination, data);
     }
 
@@ -199,9 +215,19 @@ impl Engine {
             }
             MediaEvent::PeerConnected { who, pc } => {
                 log::debug!("peer connected session_id={who} pc={pc:?}");
+                if let Some(m) = self.member_mut(&who) {
+                    m.ice_lost[pc_index(pc)] = None;
+                }
             }
             MediaEvent::PeerDisconnected { who, pc } => {
                 log::info!("peer ICE disconnected session_id={who} pc={pc:?}");
+                let now = self.now;
+                if let Some(m) = self.member_mut(&who)
+                    && let Some(now) = now
+                {
+                    m.ice_lost[pc_index(pc)].get_or_insert(now);
+                    self.next_tick.get_or_insert(now + TICK);
+                }
             }
             MediaEvent::TrackFlowing { track } => {
                 log::debug!("track flowing track_id={track}");
@@ -221,6 +247,7 @@ impl Engine {
 
     /// Handles one command from the front.
     pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        self.now = Some(now);
         match cmd {
             Command::Join {
                 link,
@@ -266,14 +293,25 @@ impl Engine {
     /// Runs due media timers; expires grace windows, notices dead sockets,
     /// forgets empty rooms.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
         self.media.handle_timeout(now);
         if self.next_tick.is_none_or(|t| now < t) {
             return;
         }
         let grace = self.cfg.reconnect_grace;
+        let ice_grace = self.cfg.ice_disconnect_grace;
         let mut expired = Vec::new();
+        let mut ice_expired = Vec::new();
         for room in self.rooms.values_mut() {
             for m in &mut room.members {
+                for pc in [PcKind::Publish, PcKind::Subscribe] {
+                    if m.ice_lost[pc_index(pc)]
+                        .is_some_and(|t| now.saturating_duration_since(t) >= ice_grace)
+                    {
+                        m.ice_lost[pc_index(pc)] = None;
+                        ice_expired.push((m.session_id.clone(), pc));
+                    }
+                }
                 if m.stale_since.is_none() && m.link.is_dead() {
                     m.stale_since = Some(now);
                     log::info!("participant stale session_id={}", m.session_id);
@@ -288,6 +326,9 @@ impl Engine {
         for sid in expired {
             log::info!("reconnect grace expired session_id={sid}");
             self.remove_member(now, &sid, LeaveReason::Disconnected, None);
+        }
+        for (sid, pc) in ice_expired {
+            self.ice_lost(now, &sid, pc);
         }
         let linger = self.cfg.room_linger;
         let worker = self.cfg.worker_id;
@@ -309,6 +350,52 @@ impl Engine {
             .set_worker_load(worker, self.rooms.len(), self.sessions.len());
         self.directory.set_load(worker, self.sessions.len());
         self.next_tick = (!self.rooms.is_empty()).then_some(now + TICK);
+    }
+
+    /// A peer connection's ICE stayed disconnected past its grace: close it, tell the
+    /// others its tracks are gone and the participant why (docs/protocol.md, "Media
+    /// behaviour"). The participant itself stays: its socket may be fine, and a new
+    /// peer connection brings its media back.
+    fn ice_lost(&mut self, now: Instant, sid: &SessionId, pc: PcKind) {
+        if !self.sessions.contains_key(sid) {
+            return;
+        }
+        let stopped = self.media.close_peer_connection(now, sid, pc);
+        let secs = self.cfg.ice_disconnect_grace.as_secs();
+        log::info!(
+            "peer connection closed after ICE grace session_id={sid} pc={pc:?} tracks_stopped={}",
+            stopped.len()
+        );
+        for t in &stopped {
+            self.track_owner.remove(t);
+        }
+        let Some(m) = self.member_mut(sid) else {
+            return;
+        };
+        m.tracks.retain(|t| !stopped.contains(&t.track_id));
+        let side = match pc {
+            PcKind::Publish => "publish",
+            PcKind::Subscribe => "subscribe",
+        };
+        m.link
+            .send(SessionEvent::Event(ServerMessage::Error {
+                code: ErrorCode::NegotiationFailed,
+                message: format!(
+                    "{side} peer connection closed: no ICE connectivity for {secs} s after it was lost; create a new peer connection and offer again"
+                ),
+                retry_after_ms: None,
+            }));
+        for track_id in stopped {
+            self.broadcast_except(
+                sid,
+                &ServerMessage::TrackUnpublished {
+                    track_id,
+                    session_id: sid.clone(),
+                    reason: UnpublishReason::Disconnected,
+                },
+            );
+        }
+        self.publish_snapshot_of(sid);
     }
 
     fn member_mut(&mut self, sid: &SessionId) -> Option<&mut Member> {
@@ -400,6 +487,7 @@ impl Engine {
             resume_secret: Secret::new(random_hex(24)),
             tracks: Vec::new(),
             held_candidates: Vec::new(),
+            ice_lost: [None; 2],
         };
         let others: Vec<Participant> = room.members.iter().map(Member::participant).collect();
         let me = member.participant();

@@ -754,6 +754,54 @@ impl MediaCore {
         self.flush(now);
     }
 
+    /// Closes one peer connection of a participant (its ICE stayed disconnected past
+    /// the engine's grace). A publish connection takes the participant's tracks with
+    /// it, a subscribe connection its subscriptions; the other connection is untouched.
+    /// Returns the tracks that stopped (empty for a subscribe connection).
+    pub fn close_peer_connection(
+        &mut self,
+        now: Instant,
+        who: &SessionId,
+        kind: PcKind,
+    ) -> Vec<TrackId> {
+        self.note_time(now);
+        let Some(p) = self.participants.get_mut(who) else {
+            return Vec::new();
+        };
+        let (key, track_slots) = match kind {
+            PcKind::Publish => (p.publish.take(), std::mem::take(&mut p.tracks)),
+            PcKind::Subscribe => (p.subscribe.take(), Vec::new()),
+        };
+        let Some(key) = key else {
+            return Vec::new();
+        };
+        let mut stopped = Vec::new();
+        for tk in track_slots {
+            if let Some(t) = self.tracks.get(tk) {
+                stopped.push(t.id.clone());
+            }
+            self.remove_track_slot(tk);
+        }
+        let subs: Vec<usize> = self
+            .pcs
+            .get(key)
+            .map(|pc| pc.subs_by_mid.iter().map(|(_, s)| *s).collect())
+            .unwrap_or_default();
+        for sk in subs {
+            self.remove_sub(sk);
+        }
+        if let Some(pc) = self.pcs.get_mut(key)
+            && !pc.dead
+            && let Err(e) = pc.rtc.close()
+        {
+            debug!("closing {kind:?} rtc of {who}: {e}");
+        }
+        self.drain(now, key);
+        self.remove_pc(key);
+        self.flush(now);
+        stopped
+    }
+
     /// Moderation unpublish: stop forwarding a track and forget it.
     pub fn remove_track(&mut self, track: &TrackId) {
         if let Some(&tk) = self.track_ids.get(track) {

@@ -86,6 +86,11 @@ pub struct PrismProcess {
 impl PrismProcess {
     /// Starts `prism` and waits until `/readyz` answers 200.
     pub fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    /// [`PrismProcess::start`] with extra `PRISM_*` settings (e.g. shorter timers).
+    pub fn start_with_env(extra: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("e2e");
         let port = free_tcp_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -102,6 +107,7 @@ impl PrismProcess {
             .env("PRISM_MEDIA__WORKERS", "1")
             .env("PRISM_FRONT_THREADS", "1")
             .env("PRISM_LOG", "info,str0m=warn")
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log);
@@ -490,7 +496,7 @@ pub struct ClientPc {
 }
 
 impl ClientPc {
-    fn new(which: Pc, now: Instant) -> Self {
+    pub fn new(which: Pc, now: Instant) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket on loopback");
         socket
             .set_nonblocking(true)
