@@ -102,13 +102,26 @@ pub fn route(req: &Request, ctx: &Ctx<'_>) -> Routed {
         ),
         ("GET", ["healthz"]) => Response::json(200, &serde_json::json!({"status": "ok"})),
         ("GET", ["readyz"]) => {
-            if ctx.app.ready.load(std::sync::atomic::Ordering::Acquire) {
+            if ctx.app.is_ready() {
                 Response::json(200, &serde_json::json!({"status": "ready"}))
             } else {
-                Response::error(503, "not_ready", "starting up or shutting down")
+                Response::error(
+                    503,
+                    "not_ready",
+                    "starting up, shutting down, or a media worker is overloaded",
+                )
             }
         }
         (_, ["v1", "admin", ..]) => admin(req, ctx, &segs[2..]),
+        ("GET", _) if ctx.app.config.call_page && path == ctx.app.config.call_page_path => {
+            crate::web::page()
+        }
+        ("GET", ["web", name]) if ctx.app.config.call_page => crate::web::asset(name)
+            .unwrap_or_else(|| Response::error(404, "not_found", "no such asset")),
+        (_, _) if ctx.app.config.call_page && path == ctx.app.config.call_page_path => {
+            Response::error(405, "method_not_allowed", "method not allowed")
+                .with_header("Allow", "GET")
+        }
         (_, segs) => match allowed_methods(segs) {
             Some(allow) => Response::error(405, "method_not_allowed", "method not allowed")
                 .with_header("Allow", allow),
@@ -116,6 +129,16 @@ pub fn route(req: &Request, ctx: &Ctx<'_>) -> Routed {
         },
     };
     Routed::Respond(with_cors(r, cors, origin))
+}
+
+/// Whether `path` is (or is under) a route of the API or of the call page's assets:
+/// `call_page_path` must not be one of them.
+pub fn is_reserved_path(path: &str) -> bool {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    matches!(
+        first,
+        "v1" | "client" | "metrics" | "healthz" | "readyz" | "web"
+    )
 }
 
 fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
@@ -243,6 +266,15 @@ fn join_ticket(req: &Request, ctx: &Ctx<'_>, ch: &str) -> Response {
         }
         if let Err(wait) = app.ticket_rate_ip.check(&ctx.peer, ctx.now) {
             return Err(Response::rate_limited(wait.as_millis() as u64));
+        }
+        if let Err(r) = app.moderation.check_join(
+            &channel,
+            &claims.user_uid,
+            &claims.roles,
+            ctx.now_unix.saturating_mul(1000),
+        ) {
+            app.metrics.join_failed(r.code.as_str());
+            return Err(Response::error(403, r.code.as_str(), &r.message));
         }
         let mut perms = Permissions::default();
         let granted = claims.permissions_in(&channel);
@@ -406,28 +438,5 @@ fn admin(req: &Request, ctx: &Ctx<'_>, rest: &[&str]) -> Response {
         return Response::error(401, "unauthorized", "admin key required")
             .with_header("WWW-Authenticate", "Bearer");
     }
-    match (req.method.as_str(), rest) {
-        ("GET", ["rooms"]) => {
-            let rooms: Vec<serde_json::Value> = ctx
-                .app
-                .directory
-                .rooms()
-                .into_iter()
-                .map(|(ch, e)| {
-                    serde_json::json!({
-                        "channel_id": ch,
-                        "worker": e.worker,
-                        "participant_count": e.participants.len(),
-                        "participants": *e.participants,
-                    })
-                })
-                .collect();
-            Response::json(200, &serde_json::json!({"rooms": rooms}))
-        }
-        _ => Response::error(
-            501,
-            "not_implemented",
-            "moderation endpoints are not available in this build",
-        ),
-    }
+    crate::admin_api::handle(req, ctx, rest)
 }

@@ -43,11 +43,31 @@ pub struct App {
     pub connections: Arc<ConnectionLimits>,
     /// The store thread.
     pub store: StoreHandle,
+    /// Bans, timeouts, channel locks.
+    pub moderation: Arc<crate::moderation::Moderation>,
+    /// Where audit records go.
+    pub audit: crate::audit::AuditSink,
     /// False while starting and once shutting down (`/readyz`).
     pub ready: AtomicBool,
 }
 
 impl App {
+    /// Whether media worker `worker` is saturated (overload shedding).
+    pub fn worker_saturated(&self, worker: usize) -> bool {
+        let l = &self.config.limits;
+        self.workers.get(worker).is_some_and(|w| {
+            w.load()
+                .is_saturated(l.worker_busy_ratio_pct, l.worker_queue_high)
+        })
+    }
+
+    /// Whether the server takes new sessions: started, not stopping, and no media
+    /// worker saturated (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+            && !(0..self.workers.len()).any(|w| self.worker_saturated(w))
+    }
+
     /// `ice_servers` for a client: the configured servers, TURN ones with fresh
     /// per-user credentials (coturn REST scheme).
     pub fn ice_servers_for(&self, user: &UserUid, now_unix: u64) -> Vec<serde_json::Value> {

@@ -11,18 +11,24 @@
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
+pub mod admin_api;
+pub mod admin_rooms;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod engine;
 pub mod front;
+pub mod housekeeping;
 pub mod http;
 pub mod ids;
 pub mod media;
 pub mod metrics;
+pub mod moderation;
+pub mod overload;
 pub mod protocol;
 pub mod ratelimit;
 pub mod secret;
@@ -30,4 +36,5 @@ pub mod server;
 pub mod signaling;
 pub mod store;
 pub mod udp;
+pub mod web;
 pub mod worker;

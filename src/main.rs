@@ -8,6 +8,9 @@ use clap::Parser;
 use prism::cli::{Cli, Command, DevTokenArgs, ServeArgs};
 use prism::server::Server;
 
+/// Longest a graceful stop (SIGTERM, SIGINT) may take before the process exits anyway.
+const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `PRISM_LOG` (or `RUST_LOG`) sets the filter; default `info`, str0m quieter.
 fn init_logging() {
     let filter = std::env::var("PRISM_LOG")
@@ -70,6 +73,15 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         break;
     }
+    // The shutdown is bounded by construction; this is the backstop if something
+    // (a wedged disk under the store) holds it up.
+    std::thread::Builder::new()
+        .name("prism-shutdown-watchdog".into())
+        .spawn(|| {
+            std::thread::sleep(SHUTDOWN_LIMIT);
+            eprintln!("prism: shutdown took longer than {SHUTDOWN_LIMIT:?}; exiting");
+            std::process::exit(1);
+        })?;
     server.shutdown();
     Ok(())
 }

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub nack: Counter,
     /// `rtc_pli_total`.
     pub pli: Counter,
+    /// `rtc_layer_switches_total`: simulcast layer changes of subscriptions.
+    pub layer_switches: Counter,
     /// `rtc_worker_busy_seconds_total{worker}`: time each media worker spent working.
     pub worker_busy: Family<Labels, Counter<f64, AtomicU64>>,
     /// `rtc_worker_queue_depth{worker}`: commands waiting for each worker.
@@ -77,6 +79,7 @@ impl Metrics {
             dropped_packets: Family::default(),
             nack: Counter::default(),
             pli: Counter::default(),
+            layer_switches: Counter::default(),
             worker_busy: Family::default(),
             worker_queue_depth: Family::default(),
             signaling_connections: Gauge::default(),
@@ -146,6 +149,11 @@ impl Metrics {
             "rtc_pli",
             "Keyframe requests sent to publishers",
             m.pli.clone(),
+        );
+        r.register(
+            "rtc_layer_switches",
+            "Simulcast layer switches of subscriptions",
+            m.layer_switches.clone(),
         );
         r.register(
             "rtc_worker_busy_seconds",

@@ -11,12 +11,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::app::{App, ConnectionLimits};
+use crate::audit::AuditSink;
 use crate::auth::{SessionTokenVerifier, TicketKey, UsedTickets};
 use crate::config::Config;
 use crate::directory::Directory;
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, EngineControl};
 use crate::front::{FrontThread, TlsConfig};
+use crate::housekeeping::Housekeeping;
 use crate::metrics::Metrics;
+use crate::moderation::{Moderation, ModerationChange};
 use crate::ratelimit::KeyedLimiter;
 use crate::store::{Store, StoreHandle};
 use crate::worker::{UdpSettings, Worker};
@@ -58,6 +61,7 @@ pub struct Server {
     workers: Vec<Worker>,
     tls: TlsConfig,
     store: StoreHandle,
+    housekeeping: Option<Housekeeping>,
     front_shutdown: Arc<AtomicBool>,
     worker_shutdown: Arc<AtomicBool>,
 }
@@ -110,6 +114,25 @@ impl Server {
         let store = Store::open(&config.data_dir).map_err(|e| StartError::Store(e.to_string()))?;
         let used_tickets =
             UsedTickets::load(&store, unix_now()).map_err(|e| StartError::Store(e.to_string()))?;
+        let moderation = Arc::new(Moderation::new());
+        let snapshot = store
+            .load_moderation()
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        log::info!(
+            "moderation state loaded: {} bans, {} timeouts, {} locks",
+            snapshot.bans.len(),
+            snapshot.timeouts.len(),
+            snapshot.locks.len()
+        );
+        for b in snapshot.bans {
+            moderation.apply(&ModerationChange::PutBan(b));
+        }
+        for t in snapshot.timeouts {
+            moderation.apply(&ModerationChange::PutTimeout(t));
+        }
+        for l in snapshot.locks {
+            moderation.apply(&ModerationChange::PutLock(l));
+        }
         let session_tokens = SessionTokenVerifier::new(&config.session_tokens)
             .map_err(|e| StartError::Auth(e.to_string()))?;
         let listener = std::net::TcpListener::bind(config.listen)
@@ -122,6 +145,11 @@ impl Server {
         let metrics = Arc::new(Metrics::new(workers_n));
         let directory = Arc::new(Directory::new(workers_n));
         let worker_shutdown = Arc::new(AtomicBool::new(false));
+        let audit = AuditSink::new(store.clone(), metrics.clone());
+        let control = EngineControl {
+            moderation: moderation.clone(),
+            audit: audit.clone(),
+        };
         let mut workers = Vec::with_capacity(workers_n);
         for worker_id in 0..workers_n {
             let cfg = EngineConfig {
@@ -141,13 +169,14 @@ impl Server {
                 public_ip: config.media.public_ip,
             };
             workers.push(
-                Worker::spawn(
+                Worker::spawn_with(
                     cfg,
                     udp,
                     config.limits.worker_queue,
                     directory.clone(),
                     metrics.clone(),
                     worker_shutdown.clone(),
+                    Some(control.clone()),
                 )
                 .map_err(StartError::Thread)?,
             );
@@ -167,9 +196,14 @@ impl Server {
                 l.max_connections_per_ip,
             )),
             store: store.clone(),
+            moderation: moderation.clone(),
+            audit,
             ready: AtomicBool::new(false),
             config,
         });
+        let housekeeping =
+            Housekeeping::spawn(moderation, store.clone(), app.config.audit_retention_days)
+                .map_err(StartError::Thread)?;
         let front_shutdown = Arc::new(AtomicBool::new(false));
         let mut fronts = Vec::new();
         for i in 0..app.config.front_threads.max(1) {
@@ -204,6 +238,7 @@ impl Server {
             workers,
             tls,
             store,
+            housekeeping: Some(housekeeping),
             front_shutdown,
             worker_shutdown,
         })
@@ -245,6 +280,9 @@ impl Server {
         self.worker_shutdown.store(true, Ordering::Release);
         for w in self.workers {
             w.join();
+        }
+        if let Some(h) = self.housekeeping {
+            h.stop();
         }
         self.store.shutdown();
         log::info!("stopped");

@@ -17,9 +17,10 @@ use mio::{Events, Poll, Token, Waker};
 
 use crate::directory::Directory;
 use crate::engine::command::{Command, WorkerHandle};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, EngineControl};
 use crate::media::{MediaConfig, MediaCore};
 use crate::metrics::Metrics;
+use crate::overload::{WINDOW_MS, WorkerLoad};
 use crate::udp;
 
 /// Where a worker's UDP socket listens and what address it advertises.
@@ -53,7 +54,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts worker `cfg.worker_id`.
+    /// Starts worker `cfg.worker_id` without moderation or audit (tools, tests).
     pub fn spawn(
         cfg: EngineConfig,
         udp: UdpSettings,
@@ -61,6 +62,19 @@ impl Worker {
         directory: Arc<Directory>,
         metrics: Arc<Metrics>,
         shutdown: Arc<AtomicBool>,
+    ) -> std::io::Result<Self> {
+        Self::spawn_with(cfg, udp, queue, directory, metrics, shutdown, None)
+    }
+
+    /// Starts worker `cfg.worker_id`, consulting `control` (moderation, audit).
+    pub fn spawn_with(
+        cfg: EngineConfig,
+        udp: UdpSettings,
+        queue: usize,
+        directory: Arc<Directory>,
+        metrics: Arc<Metrics>,
+        shutdown: Arc<AtomicBool>,
+        control: Option<EngineControl>,
     ) -> std::io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -82,12 +96,20 @@ impl Worker {
         let mut socket = mio::net::UdpSocket::from_std(std_sock);
         poll.registry()
             .register(&mut socket, UDP, mio::Interest::READABLE)?;
+        let load = handle.load().clone();
         let media = MediaCore::new(MediaConfig::new(media_addr));
-        let engine = Engine::new(cfg, directory, metrics.clone(), media);
+        let mut engine = Engine::new(cfg, directory, metrics.clone(), media);
+        if let Some(c) = control {
+            engine.set_control(c);
+        }
         log::info!("media worker {id}: UDP {local}, advertised {media_addr}");
         let thread = std::thread::Builder::new()
             .name(format!("prism-media-{id}"))
-            .spawn(move || run(poll, socket, media_addr, rx, engine, metrics, shutdown, id))?;
+            .spawn(move || {
+                run(
+                    poll, socket, media_addr, rx, engine, metrics, shutdown, id, &load,
+                )
+            })?;
         Ok(Self {
             handle,
             media_addr,
@@ -122,8 +144,12 @@ fn run(
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
     id: usize,
+    load: &WorkerLoad,
 ) {
     let mut events = Events::with_capacity(256);
+    let window = Duration::from_millis(WINDOW_MS);
+    let mut window_start = now();
+    let mut window_busy = Duration::ZERO;
     let mut rx_batch = udp::RecvBatch::new();
     let mut out: Vec<str0m::net::Transmit> = Vec::with_capacity(1024);
     let mut backlog = false;
@@ -147,6 +173,7 @@ fn run(
         }
         let start = now();
         if shutdown.load(Ordering::Acquire) {
+            engine.shutdown(start);
             break;
         }
         backlog = false;
@@ -215,7 +242,17 @@ fn run(
             }
         }
         metrics.worker_queue(id, rx.len());
-        metrics.worker_busy(id, now().saturating_duration_since(start).as_secs_f64());
+        load.set_queue(rx.len());
+        let end = now();
+        let busy = end.saturating_duration_since(start);
+        metrics.worker_busy(id, busy.as_secs_f64());
+        window_busy += busy;
+        let elapsed = end.saturating_duration_since(window_start);
+        if elapsed >= window {
+            load.set_busy_ratio(window_busy.as_secs_f64() / elapsed.as_secs_f64());
+            window_start = end;
+            window_busy = Duration::ZERO;
+        }
     }
     log::info!("media worker {id} stopped");
 }

@@ -8,8 +8,12 @@ use prism::ids::TrackId;
 use prism::media::MediaKind;
 use prism::media::sim::Sim;
 
+/// Distinct packets received: the subscriber's bandwidth estimator may probe with
+/// retransmissions of packets already sent (RTX padding), which are not forwarding.
 fn count(sim: &Sim, c: usize, t: &TrackId) -> usize {
-    sim.clients[c].received_for(t).map_or(0, |r| r.seqs.len())
+    sim.clients[c]
+        .received_for(t)
+        .map_or(0, |r| r.payloads.len())
 }
 
 fn setup(seed: u64) -> (Sim, usize, TrackId, TrackId) {

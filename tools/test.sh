@@ -25,5 +25,32 @@ log "fuzz targets build (stable toolchain, no sanitizer: a compile check)"
 cp Cargo.lock fuzz/Cargo.lock
 CARGO_TARGET_DIR="$PWD/target" cargo build --manifest-path fuzz/Cargo.toml --bins
 
+log "browser end-to-end (headless Chromium in a loopback-only network namespace)"
+./tools/browser-e2e.sh
+
 log "tests"
 cargo test --workspace --locked
+
+log "load smoke: each prism-load scenario for a second with small N (asserts delivery, never speed)"
+cargo build --locked -p prism -p prism-tools --bin prism --bin prism-load
+load="${CARGO_TARGET_DIR:-target}/debug/prism-load"
+for scenario in "fanout --subscribers 3 --rooms 2 --no-bare" \
+                "audio --publishers 3 --subscribers 4" \
+                "livestream --subscribers 4 --simulcast" \
+                "rooms --rooms 2" \
+                "meeting --subscribers 3"; do
+    # shellcheck disable=SC2086 # the scenario is a list of arguments
+    "$load" $scenario --seconds 1 --warmup 0 --no-pin --quiet --check
+done
+"$load" bare --bare-seconds 1 --no-pin --quiet --check
+
+log "Janus comparison smoke: the same small load against Prism and Janus (both must deliver)"
+if ! command -v janus >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >/dev/null
+    else
+        echo "janus is not installed and cannot be installed here (needs root and apt-get)" >&2
+        exit 1
+    fi
+fi
+"$load" compare --scenario fanout --subscribers 3 --seconds 1 --warmup 0 --no-pin --quiet --check

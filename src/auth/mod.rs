@@ -24,7 +24,7 @@ mod used_tickets;
 
 pub use admin::admin_key_matches;
 pub use permissions::{Permission, Permissions};
-pub use rfc3339::rfc3339_utc;
+pub use rfc3339::{parse_rfc3339_ms, rfc3339_utc, rfc3339_utc_ms};
 pub use session_token::{
     AuthConfigError, AuthError, ChannelPattern, SessionClaims, SessionTokenSettings,
     SessionTokenVerifier, TokenAlgorithm, mint_dev_session_token,

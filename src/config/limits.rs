@@ -100,6 +100,10 @@ limits! {
     http_keepalive_timeout_ms: u64 = 60_000, 1000..=3_600_000;
     /// Capacity of each bounded queue into a media worker.
     worker_queue: usize = 4096, 16..=1_048_576;
+    /// A media worker busy this share of the time (%) takes no new joins.
+    worker_busy_ratio_pct: u32 = 90, 1..=100;
+    /// A media worker with this many commands waiting takes no new joins.
+    worker_queue_high: usize = 1024, 1..=1_048_576;
     /// Bytes queued for one WebSocket before it counts as too slow and is closed.
     ws_max_write_buffer: usize = 1_048_576, 65_536..=268_435_456;
 }

@@ -159,8 +159,10 @@ pub struct Config {
     pub metrics_public: bool,
     /// Days audit records are kept.
     pub audit_retention_days: u32,
-    /// Serve the call page at `/`.
+    /// Serve the call page (`web/`, embedded) at [`Config::call_page_path`].
     pub call_page: bool,
+    /// Path of the call page, `/` by default; its assets are under `/web/`.
+    pub call_page_path: String,
 }
 
 /// Why the configuration was refused.
@@ -351,6 +353,7 @@ fn build(r: &RawConfig, s: &Sources) -> Result<Config, ConfigError> {
         u32::try_from(s.int_in("audit_retention_days", r.audit_retention_days, 30, 1, 3650)?)
             .unwrap_or(30);
     let limits = Limits::from_raw(&r.limits, s)?;
+    let call_page_path = call_page_path(r, s)?;
 
     let configured_server_id = match &r.server_id {
         Some(id) => {
@@ -401,7 +404,46 @@ fn build(r: &RawConfig, s: &Sources) -> Result<Config, ConfigError> {
         metrics_public: r.metrics_public.unwrap_or(true),
         audit_retention_days,
         call_page: r.call_page.unwrap_or(dev),
+        call_page_path,
     })
+}
+
+/// `call_page_path`: an absolute path that no API route or the page's own assets use.
+fn call_page_path(r: &RawConfig, s: &Sources) -> Result<String, ConfigError> {
+    let key = "call_page_path";
+    let Some(p) = &r.call_page_path else {
+        return Ok("/".to_string());
+    };
+    if p.is_empty() || p.len() > 128 || !p.starts_with('/') {
+        return Err(s.invalid(
+            key,
+            format!(
+                "must be an absolute path of 1 to 128 characters such as \"/call\" (got {p:?})"
+            ),
+        ));
+    }
+    if !p
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'))
+    {
+        return Err(s.invalid(
+            key,
+            format!("may hold only letters, digits and / - _ . ~ (got {p:?})"),
+        ));
+    }
+    if p.contains("//") || p.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(s.invalid(
+            key,
+            format!("must not contain // or . or .. segments (got {p:?})"),
+        ));
+    }
+    if crate::api::is_reserved_path(p) {
+        return Err(s.invalid(
+            key,
+            format!("{p:?} is used by the API or the page's assets (/web/); pick another path"),
+        ));
+    }
+    Ok(p.clone())
 }
 
 /// Range-checked values are non-negative and small, so these conversions are exact.
@@ -1075,6 +1117,7 @@ impl Config {
             format!("metrics_public = {}", self.metrics_public),
             format!("audit_retention_days = {}", self.audit_retention_days),
             format!("call_page = {}", self.call_page),
+            format!("call_page_path = {}", q(&self.call_page_path)),
             String::new(),
             "[tls]".into(),
         ];

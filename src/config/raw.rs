@@ -39,6 +39,7 @@ pub(super) struct RawConfig {
     pub metrics_public: Option<bool>,
     pub audit_retention_days: Option<i64>,
     pub call_page: Option<bool>,
+    pub call_page_path: Option<String>,
     pub ice_servers: Option<Vec<RawIceServer>>,
     #[serde(default)]
     pub tls: RawTls,
@@ -150,6 +151,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("metrics_public", Kind::Bool),
     ("audit_retention_days", Kind::Int),
     ("call_page", Kind::Bool),
+    ("call_page_path", Kind::Str),
     ("ice_servers", Kind::Toml),
     ("tls.cert_file", Kind::Str),
     ("tls.key_file", Kind::Str),

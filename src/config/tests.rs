@@ -139,6 +139,7 @@ fn defaults_with_no_file_are_dev_mode() {
     assert!(c.metrics_public);
     assert_eq!(c.audit_retention_days, 30);
     assert!(c.call_page);
+    assert_eq!(c.call_page_path, "/");
     assert!(c.server_id.starts_with("prism-") && c.server_id.len() == 14);
 }
 
@@ -155,6 +156,7 @@ ticket_ttl_s = 30
 reconnect_backoff_ms = [100, 100, 400]
 metrics_public = false
 call_page = false
+call_page_path = "/call"
 ice_transport_policy = "relay"
 
 [media]
@@ -187,6 +189,7 @@ turn = true
     assert_eq!(c.ticket_ttl_s, 30);
     assert_eq!(c.reconnect_backoff_ms, [100, 100, 400]);
     assert!(!c.metrics_public && !c.call_page);
+    assert_eq!(c.call_page_path, "/call");
     assert_eq!(c.ice_transport_policy, "relay");
     assert_eq!(c.media.workers, 3);
     assert_eq!(c.media.port_base, 40_000);
@@ -307,6 +310,14 @@ fn each_bad_value_names_its_key() {
         ("reconnect_backoff_ms = []", "reconnect_backoff_ms"),
         ("reconnect_backoff_ms = [500, 100]", "reconnect_backoff_ms"),
         ("reconnect_backoff_ms = [-1]", "reconnect_backoff_ms"),
+        ("call_page_path = \"call\"", "call_page_path"),
+        ("call_page_path = \"\"", "call_page_path"),
+        ("call_page_path = \"/a b\"", "call_page_path"),
+        ("call_page_path = \"/a//b\"", "call_page_path"),
+        ("call_page_path = \"/x/../v1\"", "call_page_path"),
+        ("call_page_path = \"/v1/call\"", "call_page_path"),
+        ("call_page_path = \"/web\"", "call_page_path"),
+        ("call_page_path = \"/metrics\"", "call_page_path"),
         ("ice_transport_policy = \"some\"", "ice_transport_policy"),
         ("ice_transport_policy = \"relay\"", "ice_transport_policy"),
         ("[tls]\ncert_file = \"/nonexistent/c.pem\"", "tls.key_file"),

@@ -28,6 +28,37 @@ pub struct JoinGrant {
     pub roles: Vec<String>,
 }
 
+/// What a moderation action does to live sessions.
+#[derive(Debug, Clone)]
+pub enum ModerateAction {
+    /// Cut the user's sessions in `channel` (only `device`'s when given).
+    Kick {
+        /// Where.
+        channel: ChannelId,
+        /// Who.
+        user: UserUid,
+        /// Which device, if only one.
+        device: Option<DeviceId>,
+    },
+    /// Cut the user's sessions in `channel`, or everywhere when `None`.
+    Ban {
+        /// Who.
+        user: UserUid,
+        /// Where (`None`: every channel).
+        channel: Option<ChannelId>,
+    },
+    /// Unpublish the user's tracks in `channel`; with `listen_only: false` also
+    /// cut the sessions.
+    Timeout {
+        /// Where.
+        channel: ChannelId,
+        /// Who.
+        user: UserUid,
+        /// Stay as a listener, or be cut.
+        listen_only: bool,
+    },
+}
+
 /// A request for a media worker.
 #[derive(Debug)]
 pub enum Command {
@@ -62,6 +93,20 @@ pub enum Command {
         /// What.
         request: ClientRequest,
     },
+    /// A moderation action on live sessions (sent to every worker that may hold
+    /// them). `reply` gets how many sessions it cut or changed.
+    Moderate {
+        /// What to do.
+        action: ModerateAction,
+        /// Answered once with the count (never blocks: sized for every worker).
+        reply: Option<Sender<usize>>,
+    },
+    /// The admin rooms view: the worker answers with its index and its rooms
+    /// (never blocks: the reply channel is sized for every worker).
+    RoomsView {
+        /// Where the answer goes.
+        reply: Sender<(usize, Vec<crate::engine::rooms_view::RoomView>)>,
+    },
     /// The session's socket closed (or lagged): the participant turns stale.
     SocketClosed {
         /// Whose.
@@ -76,6 +121,7 @@ pub enum Command {
 pub struct WorkerHandle {
     tx: Sender<Command>,
     waker: Arc<mio::Waker>,
+    load: Arc<crate::overload::WorkerLoad>,
 }
 
 /// The worker's queue is full.
@@ -86,7 +132,13 @@ impl WorkerHandle {
     /// A queue of `capacity` commands waking `waker`.
     pub fn new(capacity: usize, waker: Arc<mio::Waker>) -> (Self, Receiver<Command>) {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
-        (Self { tx, waker }, rx)
+        let load = Arc::default();
+        (Self { tx, waker, load }, rx)
+    }
+
+    /// The worker's reported load (overload shedding).
+    pub fn load(&self) -> &Arc<crate::overload::WorkerLoad> {
+        &self.load
     }
 
     /// Queues a command without blocking.

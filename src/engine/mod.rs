@@ -13,6 +13,8 @@
 pub mod command;
 pub mod link;
 mod media_map;
+mod moderate;
+pub mod rooms_view;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +32,8 @@ use crate::protocol::{
 };
 use crate::secret::{Secret, constant_time_eq, random_hex};
 
+use crate::audit::{AuditKind, AuditRecord, AuditSink};
+use crate::moderation::Moderation;
 use command::{Command, JoinGrant};
 use link::{SessionEvent, SessionLink};
 
@@ -57,8 +61,20 @@ pub struct EngineConfig {
 /// Remote candidates held for a peer connection not offered yet (protocol-v1 §4).
 const MAX_HELD_CANDIDATES: usize = 32;
 
+/// The control-plane services an engine consults (never per packet): moderation
+/// state (checked at join and publish) and the audit sink (join and leave records).
+#[derive(Clone, Debug)]
+pub struct EngineControl {
+    /// Bans, timeouts, locks.
+    pub moderation: Arc<Moderation>,
+    /// Where join and leave records go.
+    pub audit: AuditSink,
+}
+
 struct Member {
     session_id: SessionId,
+    /// When it joined (session duration in its leave record).
+    joined_at: Instant,
     user: UserUid,
     device: DeviceId,
     permissions: Permissions,
@@ -121,6 +137,8 @@ pub struct Engine {
     exported: MediaStats,
     /// The latest time an input brought (media events carry none of their own).
     now: Option<Instant>,
+    /// Moderation and audit, when attached (the server always does).
+    control: Option<EngineControl>,
 }
 
 impl Engine {
@@ -142,7 +160,13 @@ impl Engine {
             next_tick: None,
             exported: MediaStats::default(),
             now: None,
+            control: None,
         }
+    }
+
+    /// Attaches moderation state and the audit sink.
+    pub fn set_control(&mut self, control: EngineControl) {
+        self.control = Some(control);
     }
 
     /// A datagram arrived on the worker's UDP socket.
@@ -179,6 +203,9 @@ impl Engine {
             s.keyframe_requests_out
                 .saturating_sub(e.keyframe_requests_out),
         );
+        m.nack.inc_by(s.nacks_in.saturating_sub(e.nacks_in));
+        m.layer_switches
+            .inc_by(s.layer_switches.saturating_sub(e.layer_switches));
         for (reason, now_v, then_v) in [
             ("unroutable", s.dropped_unroutable, e.dropped_unroutable),
             ("invalid", s.dropped_invalid, e.dropped_invalid),
@@ -232,6 +259,30 @@ impl Engine {
             MediaEvent::TrackFlowing { track } => {
                 log::debug!("track flowing track_id={track}");
             }
+            MediaEvent::Speaking {
+                who,
+                speaking,
+                level,
+            } => self.speaking(&who, speaking, level),
+        }
+    }
+
+    /// `rtc.speaking` to the whole room, the speaker included (its own indicator).
+    fn speaking(&self, who: &SessionId, speaking: bool, level: u8) {
+        let Some(room) = self.sessions.get(who).and_then(|ch| self.rooms.get(ch)) else {
+            return;
+        };
+        let Some(m) = room.members.iter().find(|m| &m.session_id == who) else {
+            return;
+        };
+        let ev = ServerMessage::Speaking {
+            session_id: who.clone(),
+            user_uid: m.user.clone(),
+            speaking,
+            level,
+        };
+        for other in &room.members {
+            other.link.send(SessionEvent::Event(ev.clone()));
         }
     }
 
@@ -266,6 +317,15 @@ impl Engine {
                 request_id,
                 request,
             } => self.request(now, session_id, conn_id, request_id, request),
+            Command::RoomsView { reply } => {
+                let _ = reply.try_send((self.cfg.worker_id, self.rooms_view(now)));
+            }
+            Command::Moderate { action, reply } => {
+                let n = self.moderate(now, action);
+                if let Some(reply) = reply {
+                    let _ = reply.try_send(n);
+                }
+            }
             Command::SocketClosed {
                 session_id,
                 conn_id,
@@ -350,6 +410,34 @@ impl Engine {
             .set_worker_load(worker, self.rooms.len(), self.sessions.len());
         self.directory.set_load(worker, self.sessions.len());
         self.next_tick = (!self.rooms.is_empty()).then_some(now + TICK);
+    }
+
+    /// The server is stopping: every participant's session ends here, recorded in
+    /// the audit trail with reason `shutdown` (the front closes the sockets 1012).
+    pub fn shutdown(&mut self, now: Instant) {
+        let Some(c) = &self.control else {
+            return;
+        };
+        for (channel, room) in &self.rooms {
+            for m in &room.members {
+                let qos = crate::audit::SessionQos {
+                    duration_ms: u64::try_from(
+                        now.saturating_duration_since(m.joined_at).as_millis(),
+                    )
+                    .unwrap_or(u64::MAX),
+                    ..self.media.session_qos(&m.session_id)
+                };
+                c.audit.record(
+                    AuditRecord::new(AuditKind::Leave)
+                        .channel(channel)
+                        .user(&m.user)
+                        .device(&m.device)
+                        .session(&m.session_id)
+                        .reason("shutdown")
+                        .qos(qos),
+                );
+            }
+        }
     }
 
     /// A peer connection's ICE stayed disconnected past its grace: close it, tell the
@@ -443,6 +531,24 @@ impl Engine {
             );
             return;
         }
+        // The front checked at the ticket and at rtc.join; checking again here closes
+        // the race with a moderation change that reached this worker first.
+        if let Some(c) = &self.control
+            && let Err(r) = c
+                .moderation
+                .check_join(&channel, &grant.user, &grant.roles, 0)
+        {
+            self.metrics.join_failed(r.code.as_str());
+            Self::error(&link, request_id, r.code, &r.message);
+            if r.code == ErrorCode::Banned {
+                link.send(SessionEvent::Close {
+                    kicked: None,
+                    code: 4403,
+                    reason: "banned",
+                });
+            }
+            return;
+        }
         // Same user and device as a live session: replace it (protocol-v1 §5).
         let replaced = self.rooms.get(&channel).and_then(|r| {
             r.members
@@ -457,6 +563,7 @@ impl Engine {
                 grant.device
             );
             self.remove_member(now, &old, LeaveReason::Replaced, Some(KickReason::Replaced));
+            self.metrics.forced_disconnect("replaced");
         }
         let room = self.rooms.entry(channel.clone()).or_insert_with(|| Room {
             members: Vec::new(),
@@ -477,6 +584,7 @@ impl Engine {
         }
         room.empty_since = None;
         let member = Member {
+            joined_at: now,
             session_id: SessionId::mint(),
             user: grant.user.clone(),
             device: grant.device.clone(),
@@ -525,6 +633,15 @@ impl Engine {
             member.device,
             member.session_id
         );
+        if let Some(c) = &self.control {
+            c.audit.record(
+                AuditRecord::new(AuditKind::Join)
+                    .channel(&channel)
+                    .user(&member.user)
+                    .device(&member.device)
+                    .session(&member.session_id),
+            );
+        }
         self.sessions
             .insert(member.session_id.clone(), channel.clone());
         room.members.push(member);
@@ -735,6 +852,22 @@ impl Engine {
             return;
         };
         let (perms, user, state) = (m.permissions, m.user.clone(), m.media_state);
+        if !tracks.is_empty()
+            && let Some(c) = &self.control
+            && let Some(ch) = self.sessions.get(sid)
+            && let Some(t) = c.moderation.timeout_for(ch, &user, 0)
+        {
+            Self::error(
+                link,
+                request_id,
+                ErrorCode::PublishBlocked,
+                &format!(
+                    "timed out in this channel until {}: publishing is not allowed",
+                    crate::auth::rfc3339_utc_ms(t.until_ms)
+                ),
+            );
+            return;
+        }
         if let Some(t) = tracks
             .iter()
             .find(|t| !media_map::may_publish(perms, t.source))
@@ -990,6 +1123,7 @@ impl Engine {
         let Some(channel) = self.sessions.remove(sid) else {
             return;
         };
+        let leave_qos = self.media.session_qos(sid);
         self.media.remove_participant(now, sid);
         let Some(room) = self.rooms.get_mut(&channel) else {
             return;
@@ -1039,6 +1173,22 @@ impl Engine {
             m.device,
             m.session_id
         );
+        if let Some(c) = &self.control {
+            let qos = crate::audit::SessionQos {
+                duration_ms: u64::try_from(now.saturating_duration_since(m.joined_at).as_millis())
+                    .unwrap_or(u64::MAX),
+                ..leave_qos
+            };
+            c.audit.record(
+                AuditRecord::new(AuditKind::Leave)
+                    .channel(&channel)
+                    .user(&m.user)
+                    .device(&m.device)
+                    .session(&m.session_id)
+                    .reason(reason.as_str())
+                    .qos(qos),
+            );
+        }
         self.publish_snapshot(&channel);
     }
 

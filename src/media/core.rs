@@ -25,27 +25,40 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::format::{Codec, CodecConfig, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaKind as StrKind, Mid, Pt};
 use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor, Vp8Patch};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 
+use super::allocator::{self, Bandwidth, ClimbGate, VideoDemand};
 use super::offer::{self, OfferLine};
 use super::rewrite::Rewriter;
+use super::simulcast::LayerState;
+use super::speaking::SpeakingDetector;
 use super::timers::TimerHeap;
+use super::vp8::Vp8Continuity;
 use super::{
     CodecName, Layer, MediaConfig, MediaEvent, MediaKind, MediaStats, NegotiationError, PcKind,
     PublishAnswer, RejectReason, SubscribeAnswer, TrackInfo, TrackSource,
 };
 use crate::ids::{SessionId, TrackId};
 
+mod bandwidth;
+// QoS counters and views live in their own file (merges with the forwarding code).
+#[path = "qos.rs"]
+pub(crate) mod qos;
+pub use qos::{LayerQosView, ParticipantQosView, TrackQosView};
+
 /// A deadline further out than this is str0m's "never" (~100 years): not heaped.
 const NEVER: Duration = Duration::from_secs(24 * 3600);
 /// A simulcast layer with no packet for this long is not flowing.
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
+/// The same for screen share, whose encoder sends few frames while the screen is still.
+const SCREEN_LAYER_IDLE: Duration = Duration::from_secs(5);
 /// Source addresses remembered per peer connection (ICE restarts, NAT rebinding).
 const MAX_ADDRS_PER_PC: usize = 4;
 
@@ -124,6 +137,19 @@ struct Pc {
     /// Subscribe side: NACKs received per m-line as of the last stats event
     /// (str0m reports cumulative counts).
     nacks_seen: Vec<(Mid, u64)>,
+    /// Traffic counters, RTT and loss (`qos.rs`).
+    qos: qos::PcQos,
+    /// Subscribe side: the downlink estimate, the climb gate and the last
+    /// `bwe().set_bitrate` (current, desired) given (`bandwidth.rs`).
+    bandwidth: Bandwidth,
+    gate: ClimbGate,
+    bwe_set: (u64, u64),
+    /// Allocation probing (`bandwidth.rs`): next probe, and whether `desired` was
+    /// lowered on the previous tick so raising it now makes str0m probe.
+    next_probe: Option<Instant>,
+    probe_armed: bool,
+    /// The estimator was restarted once video flowed (`bandwidth.rs`).
+    bwe_primed: bool,
 }
 
 #[derive(Default)]
@@ -133,13 +159,6 @@ struct Participant {
     deafened: bool,
     /// Track slots published by this participant.
     tracks: Vec<usize>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct LayerState {
-    ssrc: Option<Ssrc>,
-    last_packet: Option<Instant>,
-    last_keyframe_request: Option<Instant>,
 }
 
 struct Track {
@@ -159,6 +178,8 @@ struct Track {
     forwarding: bool,
     flowing: bool,
     subscribers: Vec<usize>,
+    /// Microphone tracks: who is speaking (`speaking.rs`).
+    speaking: Option<SpeakingDetector>,
 }
 
 impl Track {
@@ -170,6 +191,15 @@ impl Track {
             source: self.source,
             codec: self.codec,
             simulcast_rids: self.rids.clone(),
+        }
+    }
+
+    /// How long a layer may go without packets and still count as flowing.
+    fn layer_idle(&self) -> Duration {
+        if self.source == TrackSource::Screen {
+            SCREEN_LAYER_IDLE
+        } else {
+            LAYER_IDLE
         }
     }
 
@@ -196,15 +226,21 @@ struct Sub {
     /// Publisher PT → subscriber PT.
     pt_map: Vec<(Pt, Pt)>,
     max_layer: Option<Layer>,
+    /// `max_layer` was given by the subscriber (a screen share keeps that layer while
+    /// the budget allows: `allocator.rs`).
+    max_layer_pinned: bool,
     paused: bool,
     deafened: bool,
     /// The layer being forwarded; `None` until the first (key)frame of the selected one.
     current_layer: Option<usize>,
+    /// The layer the allocator wants; switched to on its next keyframe.
+    target: Option<usize>,
     /// Packets were deliberately skipped since the last forwarded one: rebase first.
     gap: bool,
     /// The layer last reported to the subscriber (`rtc.layer.changed`).
     reported_layer: Option<Layer>,
     rewriter: Rewriter,
+    vp8: Vp8Continuity,
 }
 
 /// A write to a subscriber stream, collected while the publisher drains.
@@ -217,6 +253,7 @@ struct PendingWrite {
     payload: Arc<[u8]>,
     audio_level: Option<i8>,
     voice_activity: Option<bool>,
+    vp8: Option<Vp8Patch>,
 }
 
 /// The media core of one worker. See the module documentation.
@@ -243,6 +280,14 @@ pub struct MediaCore {
     due: Vec<(Instant, usize, u32)>,
     /// Latest time passed in by any input (for calls that carry none).
     last_now: Option<Instant>,
+    /// Next run of the allocation and speaking tick (`bandwidth.rs`).
+    next_tick: Option<Instant>,
+    /// Subscribe pcs whose estimate changed: reallocated before the input returns.
+    realloc: Vec<usize>,
+    // Scratch of the allocation tick.
+    demands: Vec<VideoDemand>,
+    demand_subs: Vec<usize>,
+    allocation: Vec<Option<usize>>,
 }
 
 impl std::fmt::Debug for MediaCore {
@@ -284,17 +329,16 @@ fn source_fits(source: TrackSource, kind: StrKind) -> bool {
     }
 }
 
-/// Highest flowing layer whose name is ≤ `max`; if none is, the lowest flowing one.
-fn select_layer(track: &Track, max: Option<Layer>, now: Instant) -> Option<usize> {
-    let flowing = |l: &LayerState| {
-        l.last_packet
-            .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE)
-    };
+/// Lowest flowing layer whose name is ≤ `max`; if none is, the lowest flowing one.
+/// Where a new subscription starts before the allocator has priced the layers.
+fn lowest_layer(track: &Track, max: Option<Layer>, now: Instant) -> Option<usize> {
+    let idle = track.layer_idle();
     let max = max.unwrap_or(Layer::F);
-    let capped = (0..track.layers.len())
-        .rev()
-        .find(|&i| flowing(&track.layers[i]) && track.layer_name(i) <= max);
-    capped.or_else(|| (0..track.layers.len()).find(|&i| flowing(&track.layers[i])))
+    let flowing = |i: &usize| track.layers[*i].available(now, idle);
+    (0..track.layers.len())
+        .filter(flowing)
+        .find(|&i| track.layer_name(i) <= max)
+        .or_else(|| (0..track.layers.len()).find(flowing))
 }
 
 impl MediaCore {
@@ -324,6 +368,11 @@ impl MediaCore {
             touched: Vec::new(),
             due: Vec::new(),
             last_now: None,
+            next_tick: None,
+            realloc: Vec::new(),
+            demands: Vec::new(),
+            demand_subs: Vec::new(),
+            allocation: Vec::new(),
         }
     }
 
@@ -353,11 +402,17 @@ impl MediaCore {
     /// Builds a fresh ICE-lite, RTP-mode `Rtc` the way the core does, without registering
     /// it. Public so the cost of creation can be measured (`tests/media_rtc_creation*`).
     pub fn build_rtc(&self, now: Instant) -> Rtc {
+        self.build_rtc_for(now, PcKind::Publish)
+    }
+
+    /// A subscribe `Rtc` also runs str0m's bandwidth estimator (TWCC) for the
+    /// allocator; a publish one does not need it.
+    fn build_rtc_for(&self, now: Instant, kind: PcKind) -> Rtc {
         let creds = IceCreds {
             ufrag: crate::secret::random_hex(6),
             pass: crate::secret::random_hex(16),
         };
-        let mut rtc = RtcConfig::new()
+        let config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_crypto_provider(Arc::clone(&self.crypto))
@@ -366,9 +421,16 @@ impl MediaCore {
             .enable_h265(false)
             .set_send_buffer_video(self.cfg.rtx_cache_video_packets)
             .set_send_buffer_audio(self.cfg.rtx_cache_audio_packets)
-            // Once a second: the NACK counts behind `rtc_nack_total`.
-            .set_stats_interval(Some(std::time::Duration::from_secs(1)))
-            .build(now);
+            // The NACK counts behind `rtc_nack_total`, and (subscribe side) the loss
+            // of each new receiver report for the allocator, 200 ms after it arrives
+            // at most.
+            .set_stats_interval(Some(std::time::Duration::from_millis(200)));
+        let config = if kind == PcKind::Subscribe {
+            config.enable_bwe(Some(Bitrate::bps(allocator::INITIAL_ESTIMATE_BPS)))
+        } else {
+            config
+        };
+        let mut rtc = config.build(now);
         match Candidate::host(self.cfg.host, "udp") {
             Ok(c) => {
                 rtc.add_local_candidate(c);
@@ -474,6 +536,7 @@ impl MediaCore {
                 forwarding: true,
                 flowing: false,
                 subscribers: Vec::new(),
+                speaking: (source == TrackSource::Microphone).then(SpeakingDetector::default),
             };
             let tk = self.tracks.insert(track);
             self.track_ids.insert(id.clone(), tk);
@@ -580,8 +643,14 @@ impl MediaCore {
                     .map(|(_, s)| *s)
             });
             if let Some(sk) = existing {
-                if let (Some(layer), Some(s)) = (max_layer, self.subs.get_mut(sk)) {
+                if let (Some(layer), Some(s)) = (max_layer, self.subs.get_mut(sk))
+                    && self
+                        .tracks
+                        .get(tk)
+                        .is_some_and(|t| t.kind == MediaKind::Video)
+                {
                     s.max_layer = Some(layer);
+                    s.max_layer_pinned = true;
                 }
                 continue;
             }
@@ -598,12 +667,15 @@ impl MediaCore {
                 tx_ssrc,
                 pt_map,
                 max_layer: if video { max_layer } else { None },
+                max_layer_pinned: video && max_layer.is_some(),
                 paused: false,
                 deafened,
                 current_layer: None,
+                target: None,
                 reported_layer: None,
                 gap: false,
                 rewriter: Rewriter::default(),
+                vp8: Vp8Continuity::default(),
             };
             let sk = self.subs.insert(sub);
             if let Some(t) = self.tracks.get_mut(tk) {
@@ -659,6 +731,16 @@ impl MediaCore {
             .and_then(|&k| self.tracks.get_mut(k))
         {
             t.forwarding = enabled;
+            if !enabled
+                && let (Some(det), Some(now)) = (t.speaking.as_mut(), self.last_now)
+                && let Some(tr) = det.stop(now)
+            {
+                self.events.push_back(MediaEvent::Speaking {
+                    who: t.owner.clone(),
+                    speaking: tr.speaking,
+                    level: tr.level,
+                });
+            }
         }
     }
 
@@ -706,6 +788,7 @@ impl MediaCore {
             }
             if max_layer.is_some() {
                 s.max_layer = max_layer;
+                s.max_layer_pinned = true;
             }
             if let Some(p) = paused {
                 s.paused = p;
@@ -720,6 +803,10 @@ impl MediaCore {
                     });
                 }
             }
+        }
+        // The allocator takes the new cap into account before the next packet.
+        if !self.realloc.contains(&pc) {
+            self.realloc.push(pc);
         }
     }
 
@@ -876,6 +963,7 @@ impl MediaCore {
             trace!("rtc refused datagram from {source}: {e}");
         }
         self.drain(now, key);
+        self.reallocate_pending(now);
         self.flush(now);
     }
 
@@ -900,6 +988,10 @@ impl MediaCore {
             self.drain(now, key);
         }
         self.due = due;
+        if self.next_tick.is_some_and(|t| t <= now) {
+            self.tick(now);
+        }
+        self.reallocate_pending(now);
         self.flush(now);
         if self.timers.len() > 2 * self.pcs.len() + 64 {
             let live = self
@@ -925,7 +1017,10 @@ impl MediaCore {
 
     /// When [`MediaCore::handle_timeout`] should be called next (may be early, never late).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek()
+        match (self.timers.peek(), self.next_tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ----- internals: peer connections -----------------------------------------------
@@ -964,10 +1059,10 @@ impl MediaCore {
                 r.map(|a| (key, a))
             }
             None => {
-                let mut rtc = self.build_rtc(now);
+                let mut rtc = self.build_rtc_for(now, kind);
                 match rtc.sdp_api().accept_offer(offer) {
                     Ok(answer) => {
-                        let key = self.insert_pc(who, kind, rtc);
+                        let key = self.insert_pc(now, who, kind, rtc);
                         self.drain(now, key);
                         Ok((key, answer))
                     }
@@ -980,7 +1075,7 @@ impl MediaCore {
         Ok((key, answer.to_sdp_string()))
     }
 
-    fn insert_pc(&mut self, who: &SessionId, kind: PcKind, rtc: Rtc) -> usize {
+    fn insert_pc(&mut self, now: Instant, who: &SessionId, kind: PcKind, rtc: Rtc) -> usize {
         self.next_generation = self.next_generation.wrapping_add(1);
         let key = self.pcs.insert(Pc {
             generation: self.next_generation,
@@ -996,7 +1091,15 @@ impl MediaCore {
             ssrc_routes: Vec::new(),
             subs_by_mid: Vec::new(),
             nacks_seen: Vec::new(),
+            qos: qos::PcQos::default(),
+            bandwidth: Bandwidth::default(),
+            gate: ClimbGate::default(),
+            bwe_set: (0, 0),
+            next_probe: None,
+            probe_armed: false,
+            bwe_primed: false,
         });
+        self.next_tick.get_or_insert(now);
         let p = self.participants.entry(who.clone()).or_default();
         match kind {
             PcKind::Publish => p.publish = Some(key),
@@ -1119,12 +1222,15 @@ impl MediaCore {
     }
 
     fn on_event(&mut self, now: Instant, key: usize, event: Event) {
+        self.note_qos_event(now, key, &event);
         let Some(pc) = self.pcs.get_mut(key) else {
             return;
         };
         match event {
             Event::RtpPacket(pkt) => {
                 if pc.kind == PcKind::Publish {
+                    pc.qos.packets_in += 1;
+                    pc.qos.bytes_in += pkt.payload.len() as u64;
                     self.route_rtp(now, key, &pkt);
                 } else {
                     self.stats.dropped_unknown_stream += 1;
@@ -1183,10 +1289,10 @@ impl MediaCore {
                     .map(|(_, s)| *s);
                 if let Some(sub) = sk.and_then(|sk| self.subs.get(sk)) {
                     let track = sub.track;
-                    let layer = sub.current_layer.or_else(|| {
+                    let layer = sub.current_layer.or(sub.target).or_else(|| {
                         self.tracks
                             .get(track)
-                            .and_then(|t| select_layer(t, sub.max_layer, now))
+                            .and_then(|t| lowest_layer(t, sub.max_layer, now))
                     });
                     if let Some(layer) = layer {
                         self.pending_keyframes.push((track, layer, req.kind));
@@ -1202,6 +1308,38 @@ impl MediaCore {
                     }
                 };
                 self.stats.nacks_in += st.nacks.saturating_sub(prev);
+                if let Some(loss) = st.loss {
+                    pc.bandwidth.on_loss(loss);
+                    if !self.realloc.contains(&key) {
+                        self.realloc.push(key);
+                    }
+                }
+            }
+            Event::EgressBitrateEstimate(kind) => {
+                match kind {
+                    BweKind::Twcc {
+                        estimate,
+                        can_probe,
+                    } => pc.bandwidth.on_twcc(estimate.as_u64(), can_probe),
+                    BweKind::Remb { estimate, .. } => pc.bandwidth.on_remb(estimate.as_u64()),
+                    _ => return,
+                }
+                if !self.realloc.contains(&key) {
+                    self.realloc.push(key);
+                }
+            }
+            Event::StreamPaused(p) => {
+                if pc.kind != PcKind::Publish {
+                    return;
+                }
+                if let Some((tk, layer)) = self.ssrc_route(key, p.ssrc)
+                    && let Some(l) = self
+                        .tracks
+                        .get_mut(tk)
+                        .and_then(|t| t.layers.get_mut(layer))
+                {
+                    l.paused = p.paused;
+                }
             }
             _ => {}
         }
@@ -1221,8 +1359,8 @@ impl MediaCore {
             return;
         };
         if let Some(l) = track.layers.get_mut(layer) {
-            l.last_packet = Some(now);
-            l.ssrc = Some(ssrc);
+            l.on_packet(now, ssrc, pkt.payload.len());
+            l.qos.count(pkt.payload.len());
         }
         if !track.flowing {
             track.flowing = true;
@@ -1230,9 +1368,26 @@ impl MediaCore {
                 track: track.id.clone(),
             });
         }
+        if track.forwarding
+            && let (Some(det), Some(level)) =
+                (track.speaking.as_mut(), pkt.header.ext_vals.audio_level)
+            && let Some(tr) = det.on_level(now, level.unsigned_abs())
+        {
+            self.events.push_back(MediaEvent::Speaking {
+                who: track.owner.clone(),
+                speaking: tr.speaking,
+                level: tr.level,
+            });
+        }
         let track = self.tracks.get(tk).expect("looked up above");
         let video = track.kind == MediaKind::Video;
         let keyframe = video && is_keyframe(track.codec, &pkt.payload);
+        let vp8 = if track.codec == CodecName::Vp8 {
+            Vp8Descriptor::parse(&pkt.payload).ok()
+        } else {
+            None
+        };
+        let idle = track.layer_idle();
         for &sk in &track.subscribers {
             let Some(sub) = self.subs.get_mut(sk) else {
                 continue;
@@ -1251,11 +1406,20 @@ impl MediaCore {
                 }
                 continue;
             }
-            let desired = select_layer(track, sub.max_layer, now);
+            // The allocator's target while it flows; before the first allocation (or
+            // when the target stopped) the lowest flowing layer within the cap.
+            let desired = sub
+                .target
+                .filter(|&t| track.layers.get(t).is_some_and(|l| l.available(now, idle)))
+                .or_else(|| lowest_layer(track, sub.max_layer, now));
             if desired != sub.current_layer {
                 if desired == Some(layer) && (keyframe || !video) {
+                    if sub.current_layer.is_some() {
+                        self.stats.layer_switches += 1;
+                    }
                     sub.current_layer = desired;
                     sub.rewriter.switch_source();
+                    sub.vp8.switch_source();
                     sub.gap = false;
                     // protocol-v1 §5: when a video subscription first flows and
                     // whenever its layer changes; a track without simulcast is `f`.
@@ -1273,7 +1437,8 @@ impl MediaCore {
                         });
                     }
                 } else if let Some(d) = desired {
-                    // Ask for a keyframe on the layer we want to switch to.
+                    // Ask for a keyframe on the layer we want to switch to (throttled
+                    // per layer in `request_keyframe`).
                     self.pending_keyframes
                         .push((tk, d, KeyframeRequestKind::Pli));
                 }
@@ -1292,6 +1457,7 @@ impl MediaCore {
             };
             if sub.gap {
                 sub.rewriter.switch_source();
+                sub.vp8.switch_source();
                 sub.gap = false;
             }
             let Some((seq, ts)) = sub.rewriter.rewrite(
@@ -1303,6 +1469,7 @@ impl MediaCore {
             ) else {
                 continue;
             };
+            let vp8_patch = vp8.as_ref().and_then(|d| sub.vp8.map(&pkt.payload, d));
             self.pending_writes.push(PendingWrite {
                 sub: sk,
                 pt: out_pt,
@@ -1312,6 +1479,7 @@ impl MediaCore {
                 payload: Arc::clone(&pkt.payload),
                 audio_level: pkt.header.ext_vals.audio_level,
                 voice_activity: pkt.header.ext_vals.voice_activity,
+                vp8: vp8_patch,
             });
         }
     }
@@ -1372,12 +1540,16 @@ impl MediaCore {
                 };
                 self.stats.forwarded_packets += 1;
                 self.stats.forwarded_bytes += w.payload.len() as u64;
-                tx.write_rtp(
-                    RtpWrite::new(w.pt, w.seq.into(), w.ts, now, w.payload)
-                        .marker(w.marker)
-                        .ext_vals(ext)
-                        .nackable(true),
-                );
+                pc.qos.packets_out += 1;
+                pc.qos.bytes_out += w.payload.len() as u64;
+                let mut write = RtpWrite::new(w.pt, w.seq.into(), w.ts, now, w.payload)
+                    .marker(w.marker)
+                    .ext_vals(ext)
+                    .nackable(true);
+                if let Some(patch) = w.vp8 {
+                    write = write.vp8_patch(patch);
+                }
+                tx.write_rtp(write);
                 if !touched.contains(&sub.pc) {
                     touched.push(sub.pc);
                 }
@@ -1457,7 +1629,10 @@ impl MediaCore {
         if track.kind != MediaKind::Video {
             return;
         }
-        if let Some(layer) = select_layer(track, sub.max_layer, now) {
+        if let Some(layer) = sub
+            .target
+            .or_else(|| lowest_layer(track, sub.max_layer, now))
+        {
             self.pending_keyframes
                 .push((sub.track, layer, KeyframeRequestKind::Pli));
         }
@@ -1532,9 +1707,18 @@ impl MediaCore {
     }
 
     fn remove_track_slot(&mut self, tk: usize) {
-        let Some(track) = self.tracks.remove(tk) else {
+        let Some(mut track) = self.tracks.remove(tk) else {
             return;
         };
+        if let (Some(det), Some(now)) = (track.speaking.as_mut(), self.last_now)
+            && let Some(tr) = det.stop(now)
+        {
+            self.events.push_back(MediaEvent::Speaking {
+                who: track.owner.clone(),
+                speaking: tr.speaking,
+                level: tr.level,
+            });
+        }
         self.track_ids.remove(&track.id);
         for sk in track.subscribers {
             if let Some(sub) = self.subs.remove(sk)

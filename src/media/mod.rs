@@ -11,17 +11,22 @@
 //! Invariants: network input never panics and never disturbs another peer; the
 //! per-packet path takes no lock and logs at `trace` at most.
 
+mod allocator;
 mod core;
 mod dtls;
 mod offer;
 mod rewrite;
 pub mod sim;
+mod simulcast;
+mod speaking;
 mod timers;
+mod vp8;
 
 use std::fmt;
 use std::net::SocketAddr;
 
-pub use self::core::MediaCore;
+pub use self::allocator::EstimateSource;
+pub use self::core::{LayerQosView, MediaCore, ParticipantQosView, TrackQosView};
 use crate::ids::TrackId;
 
 /// Configuration of one media core (one per worker thread).
@@ -237,6 +242,15 @@ pub enum MediaEvent {
         /// The track.
         track: TrackId,
     },
+    /// A participant started or stopped speaking (its microphone's audio levels).
+    Speaking {
+        /// The participant.
+        who: crate::ids::SessionId,
+        /// Speaking now.
+        speaking: bool,
+        /// Smoothed level, -dBov (0 loudest, 127 silence).
+        level: u8,
+    },
     /// The layer forwarded to a subscriber changed (`None`: nothing forwarded).
     LayerChanged {
         /// The subscriber.
@@ -271,8 +285,10 @@ pub struct MediaStats {
     pub keyframe_requests_in: u64,
     /// Keyframe requests sent to publishers (after throttling).
     pub keyframe_requests_out: u64,
-    /// NACKs received from subscribers (reported once a second per m-line).
+    /// NACKs received from subscribers (reported every 200 ms per m-line).
     pub nacks_in: u64,
     /// Peer connections created.
     pub peer_connections_created: u64,
+    /// Simulcast layer switches of subscriptions (the first layer is not a switch).
+    pub layer_switches: u64,
 }

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind as StrKind, Mid};
+use str0m::media::{
+    Direction, KeyframeRequestKind, MediaKind as StrKind, Mid, Rid, Simulcast, SimulcastLayer,
+};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
@@ -131,6 +133,52 @@ impl Default for LinkConfig {
     }
 }
 
+/// A drop-tail bottleneck in front of one address: datagrams leave at `bandwidth_bps`,
+/// wait in a queue of at most `max_queue` (of transmission time) and are dropped when
+/// it is full. What a congested access link does to a subscriber's downlink.
+#[derive(Debug, Clone, Copy)]
+pub struct Bottleneck {
+    /// Link rate, bits per second (IP payload; headers are not simulated).
+    pub bandwidth_bps: u64,
+    /// Queue capacity, as time to drain it.
+    pub max_queue: Duration,
+    busy_until: Option<Instant>,
+}
+
+impl Bottleneck {
+    /// A link of `bandwidth_bps` with a 200 ms queue.
+    pub fn new(bandwidth_bps: u64) -> Self {
+        Self {
+            bandwidth_bps,
+            max_queue: Duration::from_millis(200),
+            busy_until: None,
+        }
+    }
+}
+
+/// One encoding of a simulcast video stream the sim publishes ([`Sim::publish_simulcast`]).
+#[derive(Debug, Clone)]
+pub struct SimLayer {
+    /// Its rid.
+    pub rid: String,
+    /// Payload bitrate, bits per second (frames of 1000-byte packets).
+    pub bitrate_bps: u64,
+    next_seq: u64,
+    picture_id: u16,
+    credit: i64,
+    force_keyframe: bool,
+}
+
+/// Layer index, picture id and keyframe flag of a sim simulcast payload: the VP8
+/// descriptor carries a 15-bit picture id, the byte after the VP8 header the layer.
+pub fn simulcast_payload_info(payload: &[u8]) -> Option<(u8, u16, bool)> {
+    if payload.len() < 7 || payload[0] & 0x80 == 0 || payload[1] != 0x80 {
+        return None;
+    }
+    let pid = (u16::from(payload[2] & 0x7f) << 8) | u16::from(payload[3]);
+    Some((payload[5], pid, str0m::format::detect_vp8_keyframe(payload)))
+}
+
 /// What one client peer connection received on one m-line.
 #[derive(Debug, Default, Clone)]
 pub struct Received {
@@ -147,6 +195,12 @@ pub struct Received {
     /// Packets received (retransmissions included), counted even when
     /// [`Sim::record_media`] is off.
     pub packets: u64,
+    /// Simulcast streams: (arrival, layer index, first packet is a keyframe) each time
+    /// the layer of arriving packets changes ([`simulcast_payload_info`]).
+    pub layer_changes: Vec<(Instant, u8, bool)>,
+    /// Simulcast streams: VP8 picture id per extended sequence number (only while
+    /// [`Sim::record_media`] is on).
+    pub picture_ids: BTreeMap<u64, u16>,
 }
 
 impl Received {
@@ -186,11 +240,20 @@ pub struct ClientPc {
 }
 
 impl ClientPc {
-    fn new(now: Instant, addr: SocketAddr) -> Self {
-        let mut rtc = RtcConfig::new()
-            .set_rtp_mode(true)
-            .enable_h265(false)
-            .build(now);
+    fn new(now: Instant, addr: SocketAddr, twcc: bool) -> Self {
+        let mut config = RtcConfig::new().set_rtp_mode(true).enable_h265(false);
+        if !twcc {
+            // A client that does not negotiate transport-cc: its feedback is receiver
+            // reports only.
+            let mut exts = str0m::rtp::ExtensionMap::empty();
+            for (id, e) in str0m::rtp::ExtensionMap::standard().iter() {
+                if *e != str0m::rtp::Extension::TransportSequenceNumber {
+                    exts.set(id, e.clone());
+                }
+            }
+            config = config.set_extension_map(exts);
+        }
+        let mut rtc = config.build(now);
         let c = Candidate::host(addr, "udp").expect("sim addresses are valid host candidates");
         rtc.add_local_candidate(c);
         Self {
@@ -214,6 +277,12 @@ pub struct SentStream {
     pub kind: MediaKind,
     /// The track id the server assigned.
     pub track: Option<TrackId>,
+    /// What the client declared it to be.
+    pub source: TrackSource,
+    /// Simulcast encodings (video), lowest first; empty without simulcast.
+    pub layers: Vec<SimLayer>,
+    /// RFC 6464 level written on audio packets (0 loudest, -127 silence).
+    pub audio_level: i8,
     /// Payloads in send order (only while [`Sim::record_media`] is on).
     pub payloads: Vec<Vec<u8>>,
     /// Packets written, counted even when [`Sim::record_media`] is off.
@@ -243,6 +312,9 @@ pub struct Client {
     pub sent: Vec<SentStream>,
     /// Subscribe m-line → track.
     pub subscriptions: Vec<(Mid, TrackId)>,
+    /// The subscribe pc negotiates transport-cc (TWCC feedback); set before the first
+    /// subscribe.
+    pub twcc: bool,
     base_port: u16,
 }
 
@@ -284,6 +356,12 @@ pub struct Sim {
     pub link: LinkConfig,
     /// Impairments of the path towards specific addresses.
     pub links_to: HashMap<SocketAddr, LinkConfig>,
+    /// Rate-limited links in front of specific addresses.
+    pub bottlenecks: HashMap<SocketAddr, Bottleneck>,
+    /// RTP the server sent, as it left the server (before any loss): per destination,
+    /// (time, SSRC, 16-bit sequence number) read from the clear SRTP header (only while
+    /// [`Sim::record_media`] is on).
+    pub server_rtp: HashMap<SocketAddr, Vec<(Instant, u32, u16)>>,
     in_flight: BTreeMap<(Instant, u64), InFlight>,
     flight_seq: u64,
     /// Events the core emitted, with their time.
@@ -333,6 +411,8 @@ impl Sim {
             rng: SimRng::new(seed),
             link: LinkConfig::default(),
             links_to: HashMap::new(),
+            bottlenecks: HashMap::new(),
+            server_rtp: HashMap::new(),
             in_flight: BTreeMap::new(),
             flight_seq: 0,
             events: Vec::new(),
@@ -377,6 +457,7 @@ impl Sim {
             subscribe: None,
             sent: Vec::new(),
             subscriptions: Vec::new(),
+            twcc: true,
             base_port: 5000 + 2 * n,
         });
         self.clients.len() - 1
@@ -401,7 +482,7 @@ impl Sim {
         let client = &mut self.clients[c];
         let pc = client
             .publish
-            .get_or_insert_with(|| ClientPc::new(now, addr));
+            .get_or_insert_with(|| ClientPc::new(now, addr, true));
         let mut api = pc.rtc.sdp_api();
         for (want, kind) in [(audio, MediaKind::Audio), (video, MediaKind::Video)] {
             if !want {
@@ -417,6 +498,13 @@ impl Sim {
                 mid,
                 kind,
                 track: None,
+                source: if kind == MediaKind::Audio {
+                    TrackSource::Microphone
+                } else {
+                    TrackSource::Camera
+                },
+                layers: Vec::new(),
+                audio_level: -30,
                 payloads: Vec::new(),
                 packets: 0,
                 next_seq: 1000,
@@ -431,6 +519,78 @@ impl Sim {
         let (offer, pending) = api.apply().expect("the client changed something");
         pc.pending = Some(pending);
         self.finish_publish(c, offer.to_sdp_string())
+    }
+
+    /// Publishes one simulcast VP8 m-line with the given encodings (rid, payload
+    /// bitrate), lowest first, as `source` (camera or screen); renegotiates the rest.
+    pub fn publish_simulcast(
+        &mut self,
+        c: usize,
+        source: TrackSource,
+        layers: &[(&str, u64)],
+    ) -> PublishAnswer {
+        let addr = self.client_addr(c, 0);
+        let now = self.now;
+        let client = &mut self.clients[c];
+        let pc = client
+            .publish
+            .get_or_insert_with(|| ClientPc::new(now, addr, true));
+        let mut simulcast = Simulcast::new();
+        for (rid, _) in layers {
+            simulcast.add_send_layer(SimulcastLayer::new(rid));
+        }
+        let mut api = pc.rtc.sdp_api();
+        let mid = api.add_media(
+            StrKind::Video,
+            Direction::SendOnly,
+            None,
+            None,
+            Some(simulcast),
+        );
+        client.sent.push(SentStream {
+            mid,
+            kind: MediaKind::Video,
+            track: None,
+            source,
+            layers: layers
+                .iter()
+                .enumerate()
+                .map(|(i, (rid, bps))| SimLayer {
+                    rid: rid.to_string(),
+                    bitrate_bps: *bps,
+                    next_seq: 1000 + 10_000 * i as u64,
+                    picture_id: 1000 * i as u16,
+                    credit: 0,
+                    force_keyframe: true,
+                })
+                .collect(),
+            audio_level: 0,
+            payloads: Vec::new(),
+            packets: 0,
+            next_seq: 0,
+            next_ts: 0,
+            next_at: None,
+            frames: 0,
+            force_keyframe: true,
+            credit: 0,
+            stopped: false,
+        });
+        let (offer, pending) = api.apply().expect("the client changed something");
+        pc.pending = Some(pending);
+        self.finish_publish(c, offer.to_sdp_string())
+    }
+
+    /// The SSRC client `c` receives `track` on (its subscribe m-line's stream).
+    pub fn received_ssrc(&mut self, c: usize, track: &TrackId) -> Option<u32> {
+        let client = &mut self.clients[c];
+        let (mid, _) = *client.subscriptions.iter().find(|(_, t)| t == track)?;
+        let pc = client.subscribe.as_mut()?;
+        Some(*pc.rtc.direct_api().stream_rx_by_mid(mid, None)?.ssrc())
+    }
+
+    /// The address of client `c`'s subscribe peer connection (where its downlink ends).
+    pub fn subscribe_addr(&self, c: usize) -> SocketAddr {
+        self.client_addr(c, 1)
     }
 
     /// Stops one published m-line (port 0) and renegotiates.
@@ -457,13 +617,7 @@ impl Sim {
             .sent
             .iter()
             .filter(|s| !s.stopped)
-            .map(|s| {
-                let source = match s.kind {
-                    MediaKind::Audio => TrackSource::Microphone,
-                    MediaKind::Video => TrackSource::Camera,
-                };
-                (s.mid.to_string(), source)
-            })
+            .map(|s| (s.mid.to_string(), s.source))
             .collect();
         let id = client.id.clone();
         self.probe_enter(CoreCall::Signaling);
@@ -503,9 +657,10 @@ impl Sim {
             infos.push((t.clone(), info.map(|i| i.kind).unwrap_or(MediaKind::Video)));
         }
         let client = &mut self.clients[c];
+        let twcc = client.twcc;
         let pc = client
             .subscribe
-            .get_or_insert_with(|| ClientPc::new(now, addr));
+            .get_or_insert_with(|| ClientPc::new(now, addr, twcc));
         let mut api = pc.rtc.sdp_api();
         for (t, kind) in infos {
             let sk = if kind == MediaKind::Audio {
@@ -580,7 +735,21 @@ impl Sim {
         } else {
             link.jitter.mul_f64(self.rng.next_f64())
         };
-        let at = self.now + link.latency + jitter;
+        let mut depart = self.now;
+        if let Some(b) = self.bottlenecks.get_mut(&to) {
+            let start = b.busy_until.map_or(self.now, |t| t.max(self.now));
+            if start.saturating_duration_since(self.now) > b.max_queue {
+                self.lost += 1;
+                return;
+            }
+            let bits = data.len() as u128 * 8;
+            let tx = Duration::from_micros(
+                (bits * 1_000_000 / u128::from(b.bandwidth_bps.max(1))) as u64,
+            );
+            b.busy_until = Some(start + tx);
+            depart = start + tx;
+        }
+        let at = depart + link.latency + jitter;
         self.flight_seq += 1;
         self.in_flight
             .insert((at, self.flight_seq), InFlight { from, to, data });
@@ -599,6 +768,19 @@ impl Sim {
         self.probe_exit(CoreCall::Poll);
         for t in transmits.drain(..) {
             let data: &[u8] = &t.contents;
+            // SRTP leaves the RTP header in the clear; RTCP (mux) has types 200–206.
+            if self.record_media
+                && data.len() >= 12
+                && data[0] >> 6 == 2
+                && !(200..=206).contains(&data[1])
+            {
+                let seq = u16::from_be_bytes([data[2], data[3]]);
+                let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+                self.server_rtp
+                    .entry(t.destination)
+                    .or_default()
+                    .push((self.now, ssrc, seq));
+            }
             self.send(t.source, t.destination, data.to_vec());
         }
         let now = self.now;
@@ -620,7 +802,7 @@ impl Sim {
         let now = self.now;
         let record = self.record_media;
         let mut out = Vec::new();
-        let mut keyframe_asked = false;
+        let mut keyframe_asked: Vec<(Mid, Option<Rid>)> = Vec::new();
         {
             let Some(pc) = self.pc_mut(c, which) else {
                 return;
@@ -654,6 +836,16 @@ impl Sim {
                             if video && str0m::format::detect_vp8_keyframe(&p.payload) {
                                 r.first_keyframe_at.get_or_insert(now);
                             }
+                            if let Some((layer, pid, key)) =
+                                video.then(|| simulcast_payload_info(&p.payload)).flatten()
+                            {
+                                if r.layer_changes.last().is_none_or(|l| l.1 != layer) {
+                                    r.layer_changes.push((now, layer, key));
+                                }
+                                if record {
+                                    r.picture_ids.insert(seq, pid);
+                                }
+                            }
                             if record {
                                 r.seqs.push(seq);
                                 r.payloads.entry(seq).or_insert_with(|| p.payload.to_vec());
@@ -661,7 +853,7 @@ impl Sim {
                         }
                         Event::KeyframeRequest(k) => {
                             pc.keyframe_requests.push((now, k.kind));
-                            keyframe_asked = true;
+                            keyframe_asked.push((k.mid, k.rid));
                         }
                         _ => {}
                     },
@@ -672,11 +864,23 @@ impl Sim {
         for (from, to, data) in out {
             self.send(from, to, data);
         }
-        if keyframe_asked {
-            // A real encoder answers a PLI with its next frame; do it now.
+        if !keyframe_asked.is_empty() {
+            // A real encoder answers a PLI with its next frame; do it now. Simulcast:
+            // only the encoding asked for.
             for s in self.clients[c].sent.iter_mut() {
                 if s.kind == MediaKind::Video && !s.stopped {
-                    s.force_keyframe = true;
+                    for (mid, rid) in &keyframe_asked {
+                        if s.layers.is_empty() {
+                            s.force_keyframe = true;
+                        } else if *mid == s.mid
+                            && let Some(l) = s
+                                .layers
+                                .iter_mut()
+                                .find(|l| rid.is_some_and(|r| r.as_bytes() == l.rid.as_bytes()))
+                        {
+                            l.force_keyframe = true;
+                        }
+                    }
                     s.next_at = Some(now);
                 }
             }
@@ -701,6 +905,14 @@ impl Sim {
             }
             let due = *s.next_at.get_or_insert(now);
             if due > now {
+                continue;
+            }
+            if !s.layers.is_empty() {
+                Self::send_simulcast_frame(pc, s, now, record);
+                s.frames += 1;
+                s.next_at = Some(due + VIDEO_INTERVAL);
+                s.next_ts = s.next_ts.wrapping_add(2970);
+                wrote = true;
                 continue;
             }
             let codec = if s.kind == MediaKind::Audio {
@@ -766,7 +978,7 @@ impl Sim {
                     break;
                 };
                 let ext = ExtensionValues {
-                    audio_level: (s.kind == MediaKind::Audio).then_some(-30),
+                    audio_level: (s.kind == MediaKind::Audio).then_some(s.audio_level),
                     voice_activity: (s.kind == MediaKind::Audio).then_some(true),
                     ..Default::default()
                 };
@@ -791,6 +1003,54 @@ impl Sim {
         if wrote {
             let _ = pc.rtc.handle_input(Input::Timeout(now));
             self.drain_client(c, 0);
+        }
+    }
+
+    /// One frame on every encoding of a simulcast stream.
+    fn send_simulcast_frame(pc: &mut ClientPc, s: &mut SentStream, now: Instant, record: bool) {
+        let Some(pt) = pc
+            .rtc
+            .codec_config()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .map(|p| p.pt())
+        else {
+            return;
+        };
+        const SIZE: usize = 1000;
+        for (index, l) in s.layers.iter_mut().enumerate() {
+            let key = l.force_keyframe || s.frames.is_multiple_of(KEYFRAME_EVERY);
+            l.force_keyframe = false;
+            l.credit += (u128::from(l.bitrate_bps) * VIDEO_INTERVAL.as_micros() / 8_000_000) as i64;
+            let n = (l.credit / SIZE as i64).max(1);
+            l.credit -= n * SIZE as i64;
+            let rid: Rid = l.rid.as_str().into();
+            let mut api = pc.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(s.mid, Some(rid)) else {
+                continue;
+            };
+            for i in 0..n {
+                let mut p = vec![0u8; SIZE];
+                // VP8 descriptor: X (and S on the first packet), I, 15-bit picture id.
+                p[0] = if i == 0 { 0x90 } else { 0x80 };
+                p[1] = 0x80;
+                p[2] = 0x80 | (l.picture_id >> 8) as u8;
+                p[3] = l.picture_id as u8;
+                // VP8 payload header: P bit clear on keyframes; then the layer index.
+                p[4] = if key { 0x00 } else { 0x01 };
+                p[5] = index as u8;
+                p[6..14].copy_from_slice(&l.next_seq.to_be_bytes());
+                if record {
+                    s.payloads.push(p.clone());
+                }
+                tx.write_rtp(
+                    RtpWrite::new(pt, l.next_seq.into(), s.next_ts, now, p)
+                        .marker(i == n - 1)
+                        .nackable(true),
+                );
+                l.next_seq += 1;
+                s.packets += 1;
+            }
+            l.picture_id = (l.picture_id + 1) & 0x7fff;
         }
     }
 

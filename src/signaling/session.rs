@@ -552,6 +552,38 @@ impl Session {
                         false,
                     );
                 }
+                // Before the ticket is consumed: a locked channel's ticket stays
+                // usable once the lock is lifted.
+                if let Err(r) = app.moderation.check_join(
+                    &channel,
+                    &claims.user_uid,
+                    &claims.roles,
+                    now_unix.saturating_mul(1000),
+                ) {
+                    app.metrics.join_failed(r.code.as_str());
+                    self.respond(
+                        Some(request_id.clone()),
+                        Some(channel.clone()),
+                        error_message(r.code, &r.message, None),
+                    );
+                    if r.code == ErrorCode::Banned {
+                        self.close(4403, "banned");
+                    }
+                    return;
+                }
+                // Overload shedding, also before the ticket is spent: the client
+                // retries with the same ticket after `retry_after_ms`.
+                let worker = app.directory.place(&channel);
+                if app.worker_saturated(worker) {
+                    app.metrics.join_failed(ErrorCode::ServerBusy.as_str());
+                    let msg = ServerMessage::Error {
+                        code: ErrorCode::ServerBusy,
+                        message: "the media worker for this channel is overloaded; retry".into(),
+                        retry_after_ms: Some(crate::overload::RETRY_AFTER_MS),
+                    };
+                    self.respond(Some(request_id), Some(channel), msg);
+                    return;
+                }
                 match app
                     .used_tickets
                     .try_consume(&claims.jti, claims.exp, now_unix)
@@ -566,6 +598,7 @@ impl Session {
                         );
                     }
                     Err(_) => {
+                        app.metrics.join_failed(ErrorCode::ServerBusy.as_str());
                         let msg = ServerMessage::Error {
                             code: ErrorCode::ServerBusy,
                             message: "the ticket store is busy; retry".into(),
@@ -575,7 +608,6 @@ impl Session {
                         return;
                     }
                 }
-                let worker = app.directory.place(&channel);
                 let cmd = Command::Join {
                     link: self.link.clone(),
                     request_id: request_id.clone(),
@@ -589,6 +621,8 @@ impl Session {
                 };
                 if self.send_to_worker(app, worker, request_id, Some(channel.clone()), cmd) {
                     self.phase = Phase::Joining { channel, worker };
+                } else {
+                    app.metrics.join_failed(ErrorCode::ServerBusy.as_str());
                 }
             }
             JoinCredential::Resume(token) => {

@@ -17,8 +17,9 @@
 //! - The data directory is created with mode 0700 and the database file kept at
 //!   0600: it holds moderation state. Tokens, credentials and media never enter it.
 //!
-//! Opened once at start-up; used by the auth layer (used join tickets) and, later,
-//! moderation and audit.
+//! Opened once at start-up; used by the auth layer (used join tickets), moderation
+//! (bans, timeouts, locks: written durably before the admin is answered, loaded at
+//! start) and the audit trail (queued without waiting, pruned by age).
 
 mod schema;
 
@@ -34,7 +35,10 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rusqlite::{Connection, Transaction, params};
 
-use crate::auth::CLOCK_SKEW_S;
+use crate::audit::{AuditQuery, AuditRecord, AuditRow};
+use crate::auth::{CLOCK_SKEW_S, rfc3339_utc_ms};
+use crate::ids::{ChannelId, UserUid};
+use crate::moderation::{Ban, Lock, ModerationChange, Timeout};
 
 /// The database file name inside the data directory.
 pub const DB_FILE_NAME: &str = "prism.db";
@@ -109,7 +113,7 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 /// A change to persist.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreWrite {
     /// A join ticket id that has been used, refused until `exp` + skew.
     UsedTicket {
@@ -118,13 +122,33 @@ pub enum StoreWrite {
         /// The ticket's `exp`, Unix seconds.
         exp: u64,
     },
+    /// A moderation change and its audit record, in one transaction.
+    Moderation {
+        /// The change.
+        change: ModerationChange,
+        /// Its audit record.
+        audit: AuditRecord,
+    },
+    /// An audit record.
+    Audit(AuditRecord),
+}
+
+/// The moderation state as stored (loaded at start).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModerationSnapshot {
+    /// Every ban.
+    pub bans: Vec<Ban>,
+    /// Every timeout.
+    pub timeouts: Vec<Timeout>,
+    /// Every lock.
+    pub locks: Vec<Lock>,
 }
 
 /// What the store thread is asked to do.
 enum StoreCommand {
     /// Apply a write; answer on `ack` (if any) once committed.
     Write {
-        write: StoreWrite,
+        write: Box<StoreWrite>,
         ack: Option<Sender<Result<(), StoreError>>>,
     },
     /// Delete used tickets that are no longer live at `now_unix`.
@@ -134,6 +158,17 @@ enum StoreCommand {
         now_unix: u64,
         reply: Sender<Result<Vec<(String, u64)>, StoreError>>,
     },
+    /// Read every ban, timeout and lock.
+    LoadModeration {
+        reply: Sender<Result<ModerationSnapshot, StoreError>>,
+    },
+    /// Read audit records, newest first.
+    QueryAudit {
+        query: AuditQuery,
+        reply: Sender<Result<Vec<AuditRow>, StoreError>>,
+    },
+    /// Delete audit records older than `before_ms`.
+    PruneAudit { before_ms: u64 },
     /// Finish the current batch and stop.
     Shutdown,
     /// Tests only: tell `entered` the thread is inside a batch, then wait on
@@ -149,6 +184,8 @@ enum StoreCommand {
 enum Outcome {
     Done,
     UsedTickets(Vec<(String, u64)>),
+    Moderation(ModerationSnapshot),
+    Audit(Vec<AuditRow>),
 }
 
 /// Opens the store.
@@ -261,7 +298,7 @@ impl StoreHandle {
     /// Queues `cmd` without waiting; it is committed with the next batch.
     pub fn try_write(&self, cmd: StoreWrite) -> Result<(), StoreError> {
         self.enqueue(StoreCommand::Write {
-            write: cmd,
+            write: Box::new(cmd),
             ack: None,
         })
     }
@@ -272,7 +309,7 @@ impl StoreHandle {
     pub fn write_durable(&self, cmd: StoreWrite) -> Result<(), StoreError> {
         let (ack, done) = crossbeam_channel::bounded(1);
         self.enqueue(StoreCommand::Write {
-            write: cmd,
+            write: Box::new(cmd),
             ack: Some(ack),
         })?;
         done.recv().map_err(|_| StoreError::Closed)?
@@ -284,6 +321,28 @@ impl StoreHandle {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.enqueue(StoreCommand::LoadUsedTickets { now_unix, reply })?;
         answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every ban, timeout and lock stored. Waits for the store thread (start-up).
+    pub fn load_moderation(&self) -> Result<ModerationSnapshot, StoreError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.enqueue(StoreCommand::LoadModeration { reply })?;
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Audit records matching `query`, newest first. Waits for the store thread.
+    pub fn query_audit(&self, query: AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.enqueue(StoreCommand::QueryAudit { query, reply })?;
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues the deletion of audit records older than `before_ms`, without waiting
+    /// (shed when the queue is full: the next prune deletes the same rows).
+    pub fn prune_audit(&self, before_ms: u64) {
+        if let Err(e) = self.enqueue(StoreCommand::PruneAudit { before_ms }) {
+            log::debug!("store: prune of audit records skipped: {e}");
+        }
     }
 
     /// Queues the deletion of used tickets no longer live at `now_unix`, without
@@ -410,15 +469,21 @@ fn used_ticket_cutoff(now_unix: u64) -> i64 {
 
 fn apply(tx: &Transaction<'_>, cmd: &StoreCommand) -> Result<Outcome, StoreError> {
     match cmd {
-        StoreCommand::Write {
-            write: StoreWrite::UsedTicket { jti, exp },
-            ..
-        } => {
-            tx.prepare_cached(
-                "INSERT INTO used_tickets (jti, exp) VALUES (?1, ?2)
-                 ON CONFLICT (jti) DO UPDATE SET exp = max(exp, excluded.exp)",
-            )?
-            .execute(params![jti, sql_time(*exp)])?;
+        StoreCommand::Write { write, .. } => {
+            match write.as_ref() {
+                StoreWrite::UsedTicket { jti, exp } => {
+                    tx.prepare_cached(
+                        "INSERT INTO used_tickets (jti, exp) VALUES (?1, ?2)
+                         ON CONFLICT (jti) DO UPDATE SET exp = max(exp, excluded.exp)",
+                    )?
+                    .execute(params![jti, sql_time(*exp)])?;
+                }
+                StoreWrite::Moderation { change, audit } => {
+                    apply_moderation(tx, change)?;
+                    insert_audit(tx, audit)?;
+                }
+                StoreWrite::Audit(audit) => insert_audit(tx, audit)?,
+            }
             Ok(Outcome::Done)
         }
         StoreCommand::PruneUsedTickets { now_unix } => {
@@ -435,6 +500,13 @@ fn apply(tx: &Transaction<'_>, cmd: &StoreCommand) -> Result<Outcome, StoreError
             })?;
             Ok(Outcome::UsedTickets(rows.collect::<Result<_, _>>()?))
         }
+        StoreCommand::LoadModeration { .. } => Ok(Outcome::Moderation(load_moderation(tx)?)),
+        StoreCommand::QueryAudit { query, .. } => Ok(Outcome::Audit(query_audit(tx, query)?)),
+        StoreCommand::PruneAudit { before_ms } => {
+            tx.prepare_cached("DELETE FROM audit WHERE at_ms < ?1")?
+                .execute(params![sql_time(*before_ms)])?;
+            Ok(Outcome::Done)
+        }
         StoreCommand::Shutdown => Ok(Outcome::Done),
         #[cfg(test)]
         StoreCommand::Pause { entered, release } => {
@@ -443,6 +515,230 @@ fn apply(tx: &Transaction<'_>, cmd: &StoreCommand) -> Result<Outcome, StoreError
             Ok(Outcome::Done)
         }
     }
+}
+
+fn apply_moderation(tx: &Transaction<'_>, change: &ModerationChange) -> Result<(), StoreError> {
+    let ch = |c: &Option<ChannelId>| {
+        c.as_ref()
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default()
+    };
+    match change {
+        ModerationChange::PutBan(b) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO bans
+                 (user_uid, channel_id, reason, expires_at_ms, actor, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                b.user.as_str(),
+                ch(&b.channel),
+                b.reason,
+                b.expires_at_ms.map(sql_time),
+                b.actor,
+                sql_time(b.created_at_ms)
+            ])?;
+        }
+        ModerationChange::DeleteBan { user, channel } => {
+            tx.prepare_cached("DELETE FROM bans WHERE user_uid = ?1 AND channel_id = ?2")?
+                .execute(params![user.as_str(), ch(channel)])?;
+        }
+        ModerationChange::PutTimeout(t) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO timeouts
+                 (channel_id, user_uid, until_ms, listen_only, reason, actor, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                t.channel.as_str(),
+                t.user.as_str(),
+                sql_time(t.until_ms),
+                t.listen_only,
+                t.reason,
+                t.actor,
+                sql_time(t.created_at_ms)
+            ])?;
+        }
+        ModerationChange::DeleteTimeout { channel, user } => {
+            tx.prepare_cached("DELETE FROM timeouts WHERE channel_id = ?1 AND user_uid = ?2")?
+                .execute(params![channel.as_str(), user.as_str()])?;
+        }
+        ModerationChange::PutLock(l) => {
+            let roles = serde_json::to_string(&l.exempt_roles).unwrap_or_else(|_| "[]".into());
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO channel_locks
+                 (channel_id, exempt_roles, reason, actor, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                l.channel.as_str(),
+                roles,
+                l.reason,
+                l.actor,
+                sql_time(l.created_at_ms)
+            ])?;
+        }
+        ModerationChange::DeleteLock { channel } => {
+            tx.prepare_cached("DELETE FROM channel_locks WHERE channel_id = ?1")?
+                .execute(params![channel.as_str()])?;
+        }
+    }
+    Ok(())
+}
+
+fn insert_audit(tx: &Transaction<'_>, r: &AuditRecord) -> Result<(), StoreError> {
+    let qos = r.qos.as_ref().and_then(|q| serde_json::to_string(q).ok());
+    tx.prepare_cached(
+        "INSERT INTO audit
+         (at_ms, kind, channel_id, user_uid, device_id, session_id, actor, reason, qos)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        sql_time(r.at_ms),
+        r.kind.as_str(),
+        r.channel.as_ref().map(|c| c.as_str()),
+        r.user.as_ref().map(|u| u.as_str()),
+        r.device.as_ref().map(|d| d.as_str()),
+        r.session.as_ref().map(|s| s.as_str()),
+        r.actor,
+        r.reason,
+        qos
+    ])?;
+    Ok(())
+}
+
+/// A stored time back as Unix ms (only non-negative values are written).
+fn stored_time(t: i64) -> u64 {
+    u64::try_from(t).unwrap_or(0)
+}
+
+/// Rows written by this code always parse; one that does not (edited by hand) is
+/// skipped with a warning rather than failing the whole load.
+fn load_moderation(tx: &Transaction<'_>) -> Result<ModerationSnapshot, StoreError> {
+    let mut snap = ModerationSnapshot::default();
+    let mut stmt = tx.prepare_cached(
+        "SELECT user_uid, channel_id, reason, expires_at_ms, actor, created_at_ms FROM bans",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, i64>(5)?,
+        ))
+    })?;
+    for row in rows {
+        let (user, channel, reason, expires, actor, created) = row?;
+        let channel = match channel.as_str() {
+            "" => Ok(None),
+            c => ChannelId::parse(c).map(Some),
+        };
+        match (UserUid::parse(&user), channel) {
+            (Ok(user), Ok(channel)) => snap.bans.push(Ban {
+                user,
+                channel,
+                reason,
+                expires_at_ms: expires.map(stored_time),
+                actor,
+                created_at_ms: stored_time(created),
+            }),
+            _ => log::warn!("store: skipping a malformed ban row"),
+        }
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT channel_id, user_uid, until_ms, listen_only, reason, actor, created_at_ms
+         FROM timeouts",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, bool>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, i64>(6)?,
+        ))
+    })?;
+    for row in rows {
+        let (channel, user, until, listen_only, reason, actor, created) = row?;
+        match (ChannelId::parse(&channel), UserUid::parse(&user)) {
+            (Ok(channel), Ok(user)) => snap.timeouts.push(Timeout {
+                channel,
+                user,
+                until_ms: stored_time(until),
+                listen_only,
+                reason,
+                actor,
+                created_at_ms: stored_time(created),
+            }),
+            _ => log::warn!("store: skipping a malformed timeout row"),
+        }
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT channel_id, exempt_roles, reason, actor, created_at_ms FROM channel_locks",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (channel, roles, reason, actor, created) = row?;
+        match (
+            ChannelId::parse(&channel),
+            serde_json::from_str::<Vec<String>>(&roles),
+        ) {
+            (Ok(channel), Ok(exempt_roles)) => snap.locks.push(Lock {
+                channel,
+                exempt_roles,
+                reason,
+                actor,
+                created_at_ms: stored_time(created),
+            }),
+            _ => log::warn!("store: skipping a malformed channel lock row"),
+        }
+    }
+    Ok(snap)
+}
+
+fn query_audit(tx: &Transaction<'_>, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id, at_ms, kind, channel_id, user_uid, device_id, session_id, actor, reason, qos
+         FROM audit
+         WHERE (?1 IS NULL OR channel_id = ?1) AND at_ms >= ?2 AND id < ?3
+         ORDER BY id DESC LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            q.channel.as_ref().map(|c| c.as_str()),
+            sql_time(q.since_ms.unwrap_or(0)),
+            q.before_id.unwrap_or(i64::MAX),
+            i64::try_from(q.limit).unwrap_or(i64::MAX)
+        ],
+        |r| {
+            let qos: Option<String> = r.get(9)?;
+            Ok(AuditRow {
+                id: r.get(0)?,
+                at: rfc3339_utc_ms(stored_time(r.get(1)?)),
+                kind: r.get(2)?,
+                channel_id: r.get(3)?,
+                user_uid: r.get(4)?,
+                device_id: r.get(5)?,
+                session_id: r.get(6)?,
+                actor: r.get(7)?,
+                reason: r.get(8)?,
+                qos: qos.and_then(|q| serde_json::from_str(&q).ok()),
+            })
+        },
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Sends the result of `cmd` to whoever waits for it. A waiter that has gone away
@@ -454,8 +750,10 @@ fn answer(cmd: StoreCommand, result: Result<Outcome, StoreError>) {
         }
         StoreCommand::Write { ack: None, write } => {
             if let Err(e) = result {
-                let kind = match write {
+                let kind = match *write {
                     StoreWrite::UsedTicket { .. } => "used ticket",
+                    StoreWrite::Moderation { .. } => "moderation",
+                    StoreWrite::Audit(_) => "audit",
                 };
                 log::error!("store: a {kind} write was lost: {e}");
             }
@@ -463,13 +761,30 @@ fn answer(cmd: StoreCommand, result: Result<Outcome, StoreError>) {
         StoreCommand::LoadUsedTickets { reply, .. } => {
             let _ = reply.send(result.map(|o| match o {
                 Outcome::UsedTickets(rows) => rows,
-                Outcome::Done => Vec::new(),
+                _ => Vec::new(),
             }));
         }
         StoreCommand::PruneUsedTickets { .. } => {
             if let Err(e) = result {
                 log::warn!("store: pruning used tickets failed: {e}");
             }
+        }
+        StoreCommand::PruneAudit { .. } => {
+            if let Err(e) = result {
+                log::warn!("store: pruning audit records failed: {e}");
+            }
+        }
+        StoreCommand::LoadModeration { reply } => {
+            let _ = reply.send(result.map(|o| match o {
+                Outcome::Moderation(m) => m,
+                _ => ModerationSnapshot::default(),
+            }));
+        }
+        StoreCommand::QueryAudit { reply, .. } => {
+            let _ = reply.send(result.map(|o| match o {
+                Outcome::Audit(rows) => rows,
+                _ => Vec::new(),
+            }));
         }
         StoreCommand::Shutdown => {}
         #[cfg(test)]
@@ -625,7 +940,7 @@ pub(crate) mod tests {
         let (ack, done) = crossbeam_channel::bounded(1);
         store
             .enqueue(StoreCommand::Write {
-                write: used("last", 9999),
+                write: Box::new(used("last", 9999)),
                 ack: Some(ack),
             })
             .unwrap();
@@ -664,6 +979,128 @@ pub(crate) mod tests {
             store.load_used_tickets(0).unwrap().len(),
             QUEUE_CAPACITY + 1
         );
+        store.shutdown();
+    }
+
+    #[test]
+    fn moderation_and_audit_round_trip_through_a_reopen() {
+        use crate::audit::{AuditKind, SessionQos};
+        let tmp = TempDir::new();
+        let store = Store::open(&tmp.0).unwrap();
+        let u = |s: &str| UserUid::parse(s).unwrap();
+        let c = |s: &str| ChannelId::parse(s).unwrap();
+        let ban = Ban {
+            user: u("alice"),
+            channel: None,
+            reason: "spam".into(),
+            expires_at_ms: Some(9_000),
+            actor: "ops".into(),
+            created_at_ms: 1_000,
+        };
+        let lock = Lock {
+            channel: c("x"),
+            exempt_roles: vec!["moderator".into()],
+            reason: String::new(),
+            actor: "ops".into(),
+            created_at_ms: 2_000,
+        };
+        let timeout = Timeout {
+            channel: c("x"),
+            user: u("bob"),
+            until_ms: 5_000,
+            listen_only: true,
+            reason: "calm down".into(),
+            actor: "ops".into(),
+            created_at_ms: 3_000,
+        };
+        for (change, kind) in [
+            (ModerationChange::PutBan(ban.clone()), AuditKind::Ban),
+            (
+                ModerationChange::PutBan(Ban {
+                    channel: Some(c("y")),
+                    ..ban.clone()
+                }),
+                AuditKind::Ban,
+            ),
+            (
+                ModerationChange::DeleteBan {
+                    user: u("alice"),
+                    channel: Some(c("y")),
+                },
+                AuditKind::Unban,
+            ),
+            (ModerationChange::PutLock(lock.clone()), AuditKind::Lock),
+            (
+                ModerationChange::PutTimeout(timeout.clone()),
+                AuditKind::Timeout,
+            ),
+        ] {
+            let audit = AuditRecord::new(kind).actor("ops").at(4_000);
+            store
+                .write_durable(StoreWrite::Moderation { change, audit })
+                .unwrap();
+        }
+        let leave = AuditRecord::new(AuditKind::Leave)
+            .channel(&c("x"))
+            .user(&u("bob"))
+            .reason("left")
+            .qos(SessionQos {
+                packets_in: 7,
+                ..Default::default()
+            })
+            .at(6_000);
+        store.try_write(StoreWrite::Audit(leave)).unwrap();
+        store.shutdown();
+
+        let store = Store::open(&tmp.0).unwrap();
+        let snap = store.load_moderation().unwrap();
+        assert_eq!(snap.bans, vec![ban]);
+        assert_eq!(snap.locks, vec![lock]);
+        assert_eq!(snap.timeouts, vec![timeout]);
+        let all = store
+            .query_audit(AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(all.len(), 6);
+        assert_eq!(all[0].kind, "leave", "newest first");
+        assert_eq!(all[0].qos.as_ref().unwrap()["packets_in"], 7);
+        let in_x = store
+            .query_audit(AuditQuery {
+                channel: Some(c("x")),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(in_x.len(), 1);
+        let page = store
+            .query_audit(AuditQuery {
+                limit: 2,
+                before_id: Some(all[1].id),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![all[2].id, all[3].id]
+        );
+        let since = store
+            .query_audit(AuditQuery {
+                since_ms: Some(5_000),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(since.len(), 1);
+        store.prune_audit(5_000);
+        let left = store
+            .query_audit(AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(left.len(), 1);
         store.shutdown();
     }
 

@@ -19,6 +19,48 @@ pub(super) const MIGRATIONS: &[&str] = &[
          exp INTEGER NOT NULL
      ) WITHOUT ROWID;
      CREATE INDEX used_tickets_by_exp ON used_tickets (exp);",
+    // 2: moderation state and the audit trail. Times are Unix milliseconds; a
+    // server-wide ban has channel_id '' (NULL cannot be part of a primary key).
+    "CREATE TABLE bans (
+         user_uid TEXT NOT NULL,
+         channel_id TEXT NOT NULL,
+         reason TEXT NOT NULL,
+         expires_at_ms INTEGER,
+         actor TEXT NOT NULL,
+         created_at_ms INTEGER NOT NULL,
+         PRIMARY KEY (user_uid, channel_id)
+     ) WITHOUT ROWID;
+     CREATE TABLE timeouts (
+         channel_id TEXT NOT NULL,
+         user_uid TEXT NOT NULL,
+         until_ms INTEGER NOT NULL,
+         listen_only INTEGER NOT NULL,
+         reason TEXT NOT NULL,
+         actor TEXT NOT NULL,
+         created_at_ms INTEGER NOT NULL,
+         PRIMARY KEY (channel_id, user_uid)
+     ) WITHOUT ROWID;
+     CREATE TABLE channel_locks (
+         channel_id TEXT PRIMARY KEY,
+         exempt_roles TEXT NOT NULL,
+         reason TEXT NOT NULL,
+         actor TEXT NOT NULL,
+         created_at_ms INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE audit (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         at_ms INTEGER NOT NULL,
+         kind TEXT NOT NULL,
+         channel_id TEXT,
+         user_uid TEXT,
+         device_id TEXT,
+         session_id TEXT,
+         actor TEXT,
+         reason TEXT,
+         qos TEXT
+     );
+     CREATE INDEX audit_by_at ON audit (at_ms);
+     CREATE INDEX audit_by_channel ON audit (channel_id, id);",
 ];
 
 /// The schema version of `conn`.
@@ -53,15 +95,16 @@ mod tests {
     fn migrations_apply_in_order_and_only_once() {
         let mut conn = Connection::open_in_memory().unwrap();
         assert_eq!(version(&conn).unwrap(), 0);
-        assert_eq!(migrate(&mut conn, MIGRATIONS).unwrap(), 1);
+        let n = MIGRATIONS.len() as i64;
+        assert_eq!(migrate(&mut conn, MIGRATIONS).unwrap(), n);
         // Re-running is a no-op (the CREATE TABLE would fail if it ran again).
-        assert_eq!(migrate(&mut conn, MIGRATIONS).unwrap(), 1);
+        assert_eq!(migrate(&mut conn, MIGRATIONS).unwrap(), n);
 
         // A later migration is one more entry; only it runs.
         let mut next = MIGRATIONS.to_vec();
-        next.push("CREATE TABLE bans (user_uid TEXT NOT NULL);");
-        assert_eq!(migrate(&mut conn, &next).unwrap(), 2);
-        conn.execute("INSERT INTO bans (user_uid) VALUES ('u1')", [])
+        next.push("CREATE TABLE later (user_uid TEXT NOT NULL);");
+        assert_eq!(migrate(&mut conn, &next).unwrap(), n + 1);
+        conn.execute("INSERT INTO later (user_uid) VALUES ('u1')", [])
             .unwrap();
     }
 
@@ -81,7 +124,7 @@ mod tests {
         conn.pragma_update(None, "user_version", 7).unwrap();
         assert!(matches!(
             migrate(&mut conn, MIGRATIONS),
-            Err(StoreError::SchemaTooNew { found: 7, known: 1 })
+            Err(StoreError::SchemaTooNew { found: 7, known: 2 })
         ));
     }
 }

@@ -26,7 +26,6 @@
 #![allow(clippy::disallowed_methods)] // a driver on the real clock: it owns `Instant::now`
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -81,6 +80,8 @@ pub struct PrismProcess {
     log_path: PathBuf,
     /// The data directory and the log; removed on drop (after the child is gone).
     dir: TempDir,
+    /// The extra settings it was started with (a restart reuses them).
+    extra: Vec<(String, String)>,
 }
 
 impl PrismProcess {
@@ -95,7 +96,60 @@ impl PrismProcess {
         let port = free_tcp_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log_path = dir.0.join("prism.log");
-        let log = File::create(&log_path).expect("create the server log");
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = Self::spawn(&dir, addr, &log_path, &extra);
+        let mut server = Self {
+            child,
+            addr,
+            log_path,
+            dir,
+            extra,
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// `kill -9`, then a new process on the same data directory and port; returns
+    /// once it is ready.
+    pub fn kill9_and_restart(&mut self) {
+        // It may have exited already (a test that stopped it first).
+        let _ = self.child.kill();
+        self.child.wait().expect("reap the server");
+        self.child = Self::spawn(&self.dir, self.addr, &self.log_path, &self.extra);
+        self.wait_ready();
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit; its status.
+    pub fn sigterm_and_wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("query the child") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn spawn(
+        dir: &TempDir,
+        addr: SocketAddr,
+        log_path: &std::path::Path,
+        extra: &[(String, String)],
+    ) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("open the server log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_prism"));
         // A stray PRISM_* variable of the developer's shell (an unknown key is refused at
         // start) must not decide whether this test can run.
@@ -107,19 +161,11 @@ impl PrismProcess {
             .env("PRISM_MEDIA__WORKERS", "1")
             .env("PRISM_FRONT_THREADS", "1")
             .env("PRISM_LOG", "info,str0m=warn")
-            .envs(extra.iter().copied())
+            .envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log);
-        let child = cmd.spawn().expect("spawn the prism binary");
-        let mut server = Self {
-            child,
-            addr,
-            log_path,
-            dir,
-        };
-        server.wait_ready();
-        server
+        cmd.spawn().expect("spawn the prism binary")
     }
 
     fn wait_ready(&mut self) {

@@ -31,6 +31,27 @@ impl Http {
         bearer: Option<&str>,
         body: Option<&serde_json::Value>,
     ) -> std::io::Result<(u16, serde_json::Value)> {
+        let (status, body) = self.request_raw(method, path, bearer, body)?;
+        let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        Ok((status, json))
+    }
+
+    /// `GET path`: the body as text when the status is 200.
+    pub fn get_text(&mut self, path: &str) -> std::io::Result<String> {
+        match self.request_raw("GET", path, None, None)? {
+            (200, body) => Ok(String::from_utf8_lossy(&body).into_owned()),
+            (status, _) => Err(std::io::Error::other(format!("GET {path}: {status}"))),
+        }
+    }
+
+    /// [`Http::request`] with the body as bytes.
+    pub fn request_raw(
+        &mut self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         for attempt in 0..2 {
             match self.try_request(method, path, bearer, body) {
                 Ok(r) => return Ok(r),
@@ -51,7 +72,7 @@ impl Http {
         path: &str,
         bearer: Option<&str>,
         body: Option<&serde_json::Value>,
-    ) -> std::io::Result<(u16, serde_json::Value)> {
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         if self.stream.is_none() {
             let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -90,9 +111,7 @@ impl Http {
                     .unwrap_or(0usize);
                 if buf.len() >= head + len {
                     let status = resp.code.unwrap_or(0);
-                    let json = serde_json::from_slice(&buf[head..head + len])
-                        .unwrap_or(serde_json::Value::Null);
-                    return Ok((status, json));
+                    return Ok((status, buf[head..head + len].to_vec()));
                 }
             }
         }

@@ -347,11 +347,18 @@ fn probe_bias_ns() -> f64 {
     timing.borrow().total_ns() as f64 / N as f64
 }
 
+#[derive(Clone)]
 struct Args {
     fanouts: Vec<usize>,
     seconds: u64,
     warmup: u64,
     payload: usize,
+    /// Every `--payload` given (one report each).
+    payloads: Vec<usize>,
+    /// Count instructions under valgrind instead of timing.
+    callgrind: bool,
+    /// Skip the K=0 run (a callgrind child measures one K).
+    no_baseline: bool,
     video_kbps: u64,
     audio: bool,
     seed: u64,
@@ -368,6 +375,7 @@ prism-bench-engine [--fanout K[,K…]=1,10,100] [--seconds S=100] [--warmup S=5]
                    [--payload BYTES=1200] [--video-kbps KBPS=1000] [--no-audio]
                    [--repeat N=3] [--rtx-video PACKETS] [--rtx-audio PACKETS]
                    [--alloc-sites] [--seed N=1] [--json]
+                   [--callgrind]
 
 Runs the media core on the in-memory network with one publisher (Opus + VP8-like
 video) and K subscribers per run, plus a run with the publisher alone (the memory
@@ -380,7 +388,20 @@ at 100 B use --video-kbps 83 for the same rate). Each K runs --repeat times;
 the run with the median core time is reported, with the spread. --rtx-video and
 --rtx-audio override the core's RTX cache sizes (MediaConfig). --alloc-sites
 samples one core allocation in 64 with a backtrace and prints the top call
-sites (one run per K; its timings include the captures).";
+sites (one run per K; its timings include the captures).
+
+--payload takes a list (e.g. 100,1200): one report per size. With more than one,
+the video bitrate scales with the size so every size sends the packet rate that
+--video-kbps gives at 1200 B, and per-packet figures compare.
+
+--callgrind counts instructions instead of time (valgrind must be installed): for
+every payload and K it runs this tool twice under callgrind with instruction
+collection on only inside MediaCore's handle_datagram / handle_timeout /
+poll_transmit / poll_event, with --seconds S and 2S of simulated time, and
+reports (Ir(2S) - Ir(S)) / (forwarded(2S) - forwarded(S)): the core's
+instructions per forwarded packet in steady state, the same on every run up to
+the randomness of ICE and DTLS (a few tenths of a percent), so a small regression
+shows on a noisy machine. Use a short --seconds (default there: 5).";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -388,6 +409,9 @@ fn parse_args() -> Result<Args, String> {
         seconds: 100,
         warmup: 5,
         payload: 1200,
+        payloads: vec![1200],
+        callgrind: false,
+        no_baseline: false,
         video_kbps: 1000,
         audio: true,
         seed: 1,
@@ -409,7 +433,15 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seconds" => a.seconds = val()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--warmup" => a.warmup = val()?.parse().map_err(|e| format!("--warmup: {e}"))?,
-            "--payload" => a.payload = val()?.parse().map_err(|e| format!("--payload: {e}"))?,
+            "--payload" => {
+                a.payloads = val()?
+                    .split(',')
+                    .map(|k| k.trim().parse().map_err(|e| format!("--payload {k}: {e}")))
+                    .collect::<Result<_, _>>()?;
+                a.payload = a.payloads.first().copied().unwrap_or(1200);
+            }
+            "--callgrind" => a.callgrind = true,
+            "--no-baseline" => a.no_baseline = true,
             "--video-kbps" => {
                 a.video_kbps = val()?.parse().map_err(|e| format!("--video-kbps: {e}"))?;
             }
@@ -439,7 +471,7 @@ fn parse_args() -> Result<Args, String> {
     if a.seconds < 2 || a.warmup < 2 {
         return Err("--seconds and --warmup must be at least 2".into());
     }
-    if !(16..=1400).contains(&a.payload) {
+    if a.payloads.is_empty() || a.payloads.iter().any(|p| !(16..=1400).contains(p)) {
         return Err("--payload must be in 16..=1400 bytes".into());
     }
     if a.video_kbps == 0 {
@@ -792,6 +824,26 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let args = parse_args()?;
+    if args.callgrind {
+        return callgrind::run(&args);
+    }
+    for &payload in &args.payloads {
+        let mut a = args.clone();
+        a.payload = payload;
+        if args.payloads.len() > 1 {
+            // Same packet rate at every size (that of --video-kbps at 1200 B).
+            a.video_kbps = (args.video_kbps * payload as u64 / 1200).max(1);
+        }
+        report(&a)?;
+        if args.payloads.len() > 1 {
+            println!();
+        }
+    }
+    Ok(())
+}
+
+fn report(args: &Args) -> Result<(), String> {
+    let args = args.clone();
     let m = machine();
     if !m.release {
         eprintln!("warning: debug build; build with --release for meaningful figures");
@@ -803,7 +855,8 @@ fn run() -> Result<(), String> {
     // column; its per-forwarded-packet cells are empty, its heap is the publisher's.
     let mut columns = Vec::new();
     let mut spreads = Vec::new();
-    for k in std::iter::once(0).chain(args.fanouts.iter().copied()) {
+    let baseline = (!args.no_baseline).then_some(0);
+    for k in baseline.into_iter().chain(args.fanouts.iter().copied()) {
         let (run, spread) = run_repeated(&args, k)?;
         columns.push(run);
         spreads.push(spread);
@@ -1065,4 +1118,136 @@ fn run() -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// `--callgrind`: instructions per forwarded packet, counted by valgrind.
+mod callgrind {
+    use std::process::Command;
+
+    use super::Args;
+
+    /// The core's entry points the sim calls; instructions are counted only inside them
+    /// (`--toggle-collect` switches collection on at their entry and off at their exit;
+    /// none of them calls another).
+    const ENTRY_POINTS: [&str; 4] = [
+        "prism::media::core::MediaCore::handle_datagram",
+        "prism::media::core::MediaCore::handle_timeout",
+        "prism::media::core::MediaCore::poll_transmit",
+        "prism::media::core::MediaCore::poll_event",
+    ];
+
+    /// One run under callgrind: (instructions counted, forwarded packets in the window).
+    fn measure(args: &Args, fanout: usize, seconds: u64) -> Result<(u64, u64), String> {
+        let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+        let out = std::env::temp_dir().join(format!(
+            "prism-bench-callgrind-{}-{fanout}-{seconds}.out",
+            std::process::id()
+        ));
+        let mut cmd = Command::new("valgrind");
+        cmd.arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg("--collect-atstart=no");
+        for f in ENTRY_POINTS {
+            cmd.arg(format!("--toggle-collect={f}"));
+        }
+        cmd.arg(&exe)
+            .args(["--fanout", &fanout.to_string()])
+            .args(["--payload", &args.payload.to_string()])
+            .args(["--video-kbps", &args.video_kbps.to_string()])
+            .args(["--seconds", &seconds.to_string()])
+            .args(["--warmup", &args.warmup.to_string()])
+            .args(["--seed", &args.seed.to_string()])
+            .args(["--repeat", "1", "--json", "--no-baseline"]);
+        if !args.audio {
+            cmd.arg("--no-audio");
+        }
+        let output = cmd
+            .output()
+            .map_err(|e| format!("valgrind (is it installed?): {e}"))?;
+        let text = std::fs::read_to_string(&out);
+        let _ = std::fs::remove_file(&out);
+        if !output.status.success() {
+            return Err(format!(
+                "the run under callgrind failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ));
+        }
+        let text = text.map_err(|e| format!("callgrind output: {e}"))?;
+        let ir = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("totals:")
+                    .or_else(|| l.strip_prefix("summary:"))
+            })
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .ok_or("no totals in the callgrind output")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let json: serde_json::Value = stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .ok_or("no JSON report from the run under callgrind")?;
+        let forwarded = json["runs"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["fanout"] == fanout))
+            .and_then(|r| r["forwarded_packets"].as_u64())
+            .ok_or("no forwarded count in the JSON report")?;
+        Ok((ir, forwarded))
+    }
+
+    pub fn run(args: &Args) -> Result<(), String> {
+        // Shorter defaults: valgrind runs ~50x slower than native.
+        let seconds = if args.seconds == 100 { 5 } else { args.seconds };
+        let mut rows = Vec::new();
+        for &payload in &args.payloads {
+            let mut a = args.clone();
+            a.payload = payload;
+            if args.payloads.len() > 1 {
+                a.video_kbps = (args.video_kbps * payload as u64 / 1200).max(1);
+            }
+            for &k in &args.fanouts {
+                eprint!("\rcallgrind: payload {payload} B, K={k} …          ");
+                let (ir1, f1) = measure(&a, k, seconds)?;
+                let (ir2, f2) = measure(&a, k, 2 * seconds)?;
+                if f2 <= f1 {
+                    return Err(format!("K={k}: the longer run forwarded no more packets"));
+                }
+                let per = (ir2.saturating_sub(ir1)) as f64 / (f2 - f1) as f64;
+                rows.push((payload, k, per, f2 - f1));
+            }
+        }
+        eprintln!();
+        println!("prism-bench-engine --callgrind: MediaCore instructions per forwarded packet");
+        println!(
+            "(Ir inside handle_datagram/handle_timeout/poll_transmit/poll_event, runs of {seconds} s and {} s simulated, difference)",
+            2 * seconds
+        );
+        println!(
+            "{:>8} {:>6} {:>14} {:>12}",
+            "payload", "K", "Ir / packet", "packets"
+        );
+        for (p, k, per, n) in &rows {
+            println!("{p:>8} {k:>6} {per:>14.0} {n:>12}");
+        }
+        if args.json {
+            let runs: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(p, k, per, n)| {
+                    serde_json::json!({"payload_bytes": p, "fanout": k,
+                        "instructions_per_forwarded_packet": per, "packets": n})
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"tool": "prism-bench-engine", "mode": "callgrind",
+                                   "seconds": [seconds, 2 * seconds], "runs": runs})
+            );
+        }
+        Ok(())
+    }
 }
