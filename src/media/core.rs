@@ -59,6 +59,8 @@ const NEVER: Duration = Duration::from_secs(24 * 3600);
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// The same for screen share, whose encoder sends few frames while the screen is still.
 const SCREEN_LAYER_IDLE: Duration = Duration::from_secs(5);
+/// The least spacing of keyframe requests to one layer once the last one was answered.
+const KEYFRAME_REQUEST_FLOOR: Duration = Duration::from_millis(100);
 /// Source addresses remembered per peer connection (ICE restarts, NAT rebinding).
 const MAX_ADDRS_PER_PC: usize = 4;
 
@@ -1358,9 +1360,13 @@ impl MediaCore {
             self.stats.dropped_unknown_stream += 1;
             return;
         };
+        let keyframe = track.kind == MediaKind::Video && is_keyframe(track.codec, &pkt.payload);
         if let Some(l) = track.layers.get_mut(layer) {
             l.on_packet(now, ssrc, pkt.payload.len());
             l.qos.count(pkt.payload.len());
+            if keyframe {
+                l.last_keyframe = Some(now);
+            }
         }
         if !track.flowing {
             track.flowing = true;
@@ -1381,7 +1387,6 @@ impl MediaCore {
         }
         let track = self.tracks.get(tk).expect("looked up above");
         let video = track.kind == MediaKind::Video;
-        let keyframe = video && is_keyframe(track.codec, &pkt.payload);
         let vp8 = if track.codec == CodecName::Vp8 {
             Vp8Descriptor::parse(&pkt.payload).ok()
         } else {
@@ -1601,8 +1606,21 @@ impl MediaCore {
             return;
         };
         let Some(ssrc) = l.ssrc else { return };
+        // While a request is outstanding (no keyframe since), repeat it only after
+        // `interval`; once the publisher answered, a new subscriber may ask again after
+        // the short floor, so a late joiner does not wait out the full interval for a
+        // keyframe that went to someone else.
+        let answered = match (l.last_keyframe, l.last_keyframe_request) {
+            (Some(k), Some(r)) => k >= r,
+            _ => false,
+        };
+        let spacing = if answered {
+            interval.min(KEYFRAME_REQUEST_FLOOR)
+        } else {
+            interval
+        };
         if l.last_keyframe_request
-            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+            .is_some_and(|t| now.saturating_duration_since(t) < spacing)
         {
             return;
         }

@@ -101,6 +101,8 @@ pub(crate) struct LayerState {
     /// First packet of the current run (reset when the layer stopped flowing).
     pub(crate) flowing_since: Option<Instant>,
     pub(crate) last_keyframe_request: Option<Instant>,
+    /// The last keyframe received on this layer.
+    pub(crate) last_keyframe: Option<Instant>,
     /// str0m reported the stream paused (no packets for a while).
     pub(crate) paused: bool,
     pub(crate) meter: BitrateMeter,

@@ -32,11 +32,11 @@
 // PENDING — checks that wait for features other branches are building. A pending
 // check runs and reports what it sees, but cannot fail the run. Remove a name when its
 // feature lands on main.
-//   speaking: rtc.speaking events (branch simulcast). Until then: "pending".
+// None is pending now: speaking (rtc.speaking) landed with simulcast.
 //   (layers: active — GET /v1/admin/rooms lists tracks[].layers since the moderation
 //   branch landed; on a build without them the check falls back to max_layer_q, where
 //   capping a subscriber at f, h and q yields three distinct resolutions.)
-const PENDING = new Set((process.env.PRISM_E2E_PENDING ?? "speaking").split(",").filter(Boolean));
+const PENDING = new Set((process.env.PRISM_E2E_PENDING ?? "").split(",").filter(Boolean));
 
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
