@@ -152,6 +152,9 @@ struct Pc {
     probe_armed: bool,
     /// The estimator was restarted once video flowed (`bandwidth.rs`).
     bwe_primed: bool,
+    /// Without transport-cc: the rate str0m's estimator was last reset to, so its
+    /// pacer does not hold media back (`bandwidth.rs`).
+    pacer_floor: u64,
 }
 
 #[derive(Default)]
@@ -1100,6 +1103,7 @@ impl MediaCore {
             next_probe: None,
             probe_armed: false,
             bwe_primed: false,
+            pacer_floor: 0,
         });
         self.next_tick.get_or_insert(now);
         let p = self.participants.entry(who.clone()).or_default();

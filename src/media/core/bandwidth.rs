@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
 use str0m::media::KeyframeRequestKind;
+use str0m::rtp::Extension;
 
 use super::super::allocator::{self, EstimateSource, MAX_LAYERS, Priority, VideoDemand};
 use super::super::{Layer, MediaEvent, MediaKind, PcKind, TrackSource};
@@ -25,6 +26,8 @@ use crate::ids::{SessionId, TrackId};
 const TICK: Duration = Duration::from_millis(200);
 /// `set_bitrate` is repeated only when a value moved by more than this (percent).
 const BWE_SET_CHANGE_PCT: u64 = 5;
+/// Without transport-cc, str0m's pacer is held this far above what we send (percent).
+const NO_TWCC_PACER_HEADROOM_PCT: u64 = 200;
 /// Least time between two allocation probes of one subscriber.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -219,7 +222,35 @@ impl MediaCore {
         // nothing to pad with, those probes measure little and the estimate starts far
         // too low (the pacer then holds video back). Restart the estimator once, when
         // the first video is priced, so its initial probes run with video to pad with.
-        if !pc.bwe_primed && !self.demands.is_empty() && ideal > audio {
+        //
+        // Without transport-cc on this connection str0m's estimator gets no feedback:
+        // its estimate would stay at the initial rate and its pacer (1.1 × estimate)
+        // would queue anything above that for up to 2 s — seconds of latency for a
+        // subscriber of a few cameras. Our estimate then comes from REMB or receiver
+        // reports; str0m's is reset to what that lets us send, plus headroom, so the
+        // pacer only smooths bursts. Resets are rare: only when the rate rises past
+        // the last one or falls below half of it.
+        let twcc = pc.subs_by_mid.iter().any(|&(mid, _)| {
+            pc.rtc.media(mid).is_some_and(|m| {
+                m.remote_extmap()
+                    .id_of(Extension::TransportSequenceNumber)
+                    .is_some()
+            })
+        });
+        if !twcc && !pc.subs_by_mid.is_empty() {
+            let floor = estimate
+                .max(allocated)
+                .max(allocator::INITIAL_ESTIMATE_BPS)
+                .saturating_mul(NO_TWCC_PACER_HEADROOM_PCT)
+                / 100;
+            if floor > pc.pacer_floor || floor.saturating_mul(2) < pc.pacer_floor {
+                pc.pacer_floor = floor;
+                pc.bwe_primed = true;
+                pc.rtc.bwe().reset(Bitrate::bps(floor));
+                pc.bwe_set = (0, 0);
+            }
+        }
+        if twcc && !pc.bwe_primed && !self.demands.is_empty() && ideal > audio {
             pc.bwe_primed = true;
             if estimate < allocator::INITIAL_ESTIMATE_BPS {
                 pc.rtc
