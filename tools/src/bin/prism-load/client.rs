@@ -40,6 +40,8 @@ use crate::media::{self, Counters, SeqState, Shape, Source};
 
 /// How long a signaling response may take.
 const RESPONSE_WAIT: Duration = Duration::from_secs(20);
+/// `rtc.join` answered `server_busy` is retried this many times.
+const JOIN_BUSY_RETRIES: u32 = 20;
 /// `poll_output` calls after one input before it must reach `Output::Timeout`.
 const MAX_OUTPUTS: usize = 100_000;
 
@@ -77,13 +79,35 @@ impl Signal {
             joined: Value::Null,
             closed: false,
         };
-        let r = s.request("rtc.join", json!({"ticket": ticket}))?;
-        s.joined = r["payload"].clone();
-        Ok(s)
+        // A saturated worker sheds joins with `server_busy` before the ticket is spent
+        // (protocol-v1): wait `retry_after_ms` and retry with the same ticket, as a
+        // client should, for up to JOIN_BUSY_RETRIES attempts.
+        let mut attempt = 0;
+        loop {
+            match s.request_raw("rtc.join", json!({"ticket": ticket}))? {
+                Ok(r) => {
+                    s.joined = r["payload"].clone();
+                    return Ok(s);
+                }
+                Err(e) if e["code"] == "server_busy" && attempt < JOIN_BUSY_RETRIES => {
+                    attempt += 1;
+                    let wait = e["retry_after_ms"].as_u64().unwrap_or(1000).min(5000);
+                    std::thread::sleep(Duration::from_millis(wait));
+                }
+                Err(e) => return Err(format!("rtc.join refused: {e}")),
+            }
+        }
     }
 
     /// Sends a request and waits for its response; an `rtc.error` is an `Err`.
     pub fn request(&mut self, kind: &str, payload: Value) -> Result<Value, String> {
+        self.request_raw(kind, payload)?
+            .map_err(|e| format!("{kind} refused: {e}"))
+    }
+
+    /// Sends a request and waits for its response: `Ok(Err(payload))` for an
+    /// `rtc.error`, `Err` when the socket fails or nothing answers.
+    fn request_raw(&mut self, kind: &str, payload: Value) -> Result<Result<Value, Value>, String> {
         self.next_id += 1;
         let id = format!("r{}", self.next_id);
         let msg = json!({"type": kind, "request_id": id, "channel_id": self.channel,
@@ -101,9 +125,9 @@ impl Signal {
                         continue; // an event: the tool needs none of them
                     }
                     if v["type"] == "rtc.error" {
-                        return Err(format!("{kind} refused: {}", v["payload"]));
+                        return Ok(Err(v["payload"].clone()));
                     }
-                    return Ok(v);
+                    return Ok(Ok(v));
                 }
                 Ok(Message::Close(f)) => return Err(format!("{kind}: socket closed: {f:?}")),
                 Ok(_) => {}
