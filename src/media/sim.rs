@@ -593,6 +593,19 @@ impl Sim {
         self.client_addr(c, 1)
     }
 
+    /// Sets the RFC 6464 audio level client `c` writes on its audio packets from now
+    /// on, in -dBov (0 loudest, 127 silence; larger values are treated as 127).
+    pub fn set_audio_level(&mut self, c: usize, level: u8) {
+        let level = -(level.min(127) as i8);
+        for s in self.clients[c]
+            .sent
+            .iter_mut()
+            .filter(|s| s.kind == MediaKind::Audio)
+        {
+            s.audio_level = level;
+        }
+    }
+
     /// Stops one published m-line (port 0) and renegotiates.
     pub fn unpublish(&mut self, c: usize, track: &TrackId) -> PublishAnswer {
         let client = &mut self.clients[c];
