@@ -246,13 +246,12 @@ fn max_layer_q_holds_q_lifting_it_brings_f_pause_stops_video_and_unpause_starts_
 
 /// A subscription capped at `q` before its video flows (as with `max_layer` in
 /// `rtc.offer.subscribe`) must not get any packet of `h` or `f`, nor an
-/// `rtc.layer.changed` above `q`. Today it does, in about half the runs: the core's
-/// `lowest_layer` (src/media/core.rs) falls back to the lowest layer *seen so far*
-/// when none within the cap has arrived yet, so if the first keyframe packet to reach
-/// the server is of `f` (or `h`), that one packet is forwarded and `f` is reported,
-/// then `q` a moment later. Ten runs make a clean pass by chance negligible.
+/// `rtc.layer.changed` above `q`. It once did, in about half the runs: the core fell
+/// back to the lowest layer *seen so far* when none within the cap had arrived yet, so
+/// if the first keyframe packet to reach the server was of `f` (or `h`), that one packet
+/// was forwarded and `f` reported, then `q` a moment later. Ten runs make a clean pass
+/// by chance negligible.
 #[test]
-#[ignore = "known bug: a capped subscription starting with the publisher gets one packet above its max_layer"]
 fn max_layer_given_before_video_flows_is_never_exceeded() {
     let mut violations = Vec::new();
     for run in 0..10u64 {

@@ -262,12 +262,10 @@ impl VideoDemand {
         }
     }
 
-    /// The lowest available layer within the cap, else the lowest available at all.
+    /// The lowest available layer within the cap; `None` while none of them is (a
+    /// layer above `max_layer` is never given, even when it is all that flows).
     fn base(&self) -> Option<usize> {
-        let available = |&l: &usize| self.rate(l).is_some();
-        (0..=self.cap.min(MAX_LAYERS - 1))
-            .find(available)
-            .or_else(|| (0..MAX_LAYERS).find(available))
+        (0..=self.cap.min(MAX_LAYERS - 1)).find(|&l| self.rate(l).is_some())
     }
 
     /// The next available layer above `from`, within the cap.
@@ -409,6 +407,11 @@ mod tests {
         let mut d = cam(None);
         d.rates = [None; MAX_LAYERS];
         assert_eq!(run(2_000_000, &[d], true), vec![None]);
+        // Only layers above the cap flow (q not priced yet): nothing rather than them.
+        let mut d = cam(None);
+        d.cap = 0;
+        d.rates[0] = None;
+        assert_eq!(run(9_000_000, &[d], true), vec![None]);
     }
 
     #[test]

@@ -208,6 +208,17 @@ impl Track {
         }
     }
 
+    /// The highest layer index a subscription capped at `max` may receive: the top one
+    /// named ≤ `max`, else the lowest (a track without simulcast, or without a layer
+    /// that low, still has its one lowest layer to give).
+    fn cap_index(&self, max: Option<Layer>) -> usize {
+        let max = max.unwrap_or(Layer::F);
+        (0..self.layers.len())
+            .rev()
+            .find(|&i| self.layer_name(i) <= max)
+            .unwrap_or(0)
+    }
+
     /// The protocol layer of a layer index: by rid name, else by position from the top.
     fn layer_name(&self, index: usize) -> Layer {
         match self.rids.get(index).map(String::as_str) {
@@ -334,16 +345,14 @@ fn source_fits(source: TrackSource, kind: StrKind) -> bool {
     }
 }
 
-/// Lowest flowing layer whose name is ≤ `max`; if none is, the lowest flowing one.
+/// Lowest flowing layer within the cap `max` (see [`Track::cap_index`]); `None` while
+/// none of those flows: a layer above the cap is never chosen, not even for the first
+/// packets of a subscription that starts before its own layer has arrived.
 /// Where a new subscription starts before the allocator has priced the layers.
 fn lowest_layer(track: &Track, max: Option<Layer>, now: Instant) -> Option<usize> {
     let idle = track.layer_idle();
-    let max = max.unwrap_or(Layer::F);
-    let flowing = |i: &usize| track.layers[*i].available(now, idle);
-    (0..track.layers.len())
-        .filter(flowing)
-        .find(|&i| track.layer_name(i) <= max)
-        .or_else(|| (0..track.layers.len()).find(flowing))
+    (0..=track.cap_index(max))
+        .find(|&i| track.layers.get(i).is_some_and(|l| l.available(now, idle)))
 }
 
 impl MediaCore {

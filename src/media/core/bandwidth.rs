@@ -133,12 +133,7 @@ impl MediaCore {
             for (i, l) in track.layers.iter().enumerate().take(MAX_LAYERS) {
                 rates[i] = l.priced_rate(now, idle);
             }
-            let max = sub.max_layer.unwrap_or(Layer::F);
-            let count = track.layers.len().min(MAX_LAYERS);
-            let cap = (0..count)
-                .rev()
-                .find(|&i| track.layer_name(i) <= max)
-                .unwrap_or(0);
+            let cap = track.cap_index(sub.max_layer).min(MAX_LAYERS - 1);
             let priority = if track.source == TrackSource::Screen {
                 Priority::Screen
             } else {
