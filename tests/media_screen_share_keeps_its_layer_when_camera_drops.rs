@@ -174,12 +174,12 @@ fn distinct(layers: &[u8]) -> Vec<u8> {
 /// Mbit/s), screen `f` + camera `q` (≈1.85) fits. But the estimate dips below that
 /// right after the throttle, the screen drops to `h`, and climbing back to `f` is
 /// priced at its rate plus 25% headroom (≈2.0 + camera `q` ≈ 2.24 Mbit/s), more than
-/// the estimate — while the camera's climb to `h` (≈0.66) fits. The pair settles on
-/// screen `h` + camera `h` (8 of 8 runs when written, ~12 s of the 15 s, estimate
-/// ~1.97–2.0 Mbit/s): the camera holds a layer above `q` while the screen share is
-/// below `f`, though screen `f` + camera `q` would fit at their rates.
+/// the estimate — while the camera's climb to `h` (≈0.66) fits. Before the screen's
+/// claim (`SCREEN_CLAIM_PCT` in src/media/allocator.rs) the pair settled on screen and
+/// camera both on `h` (8 of 8 runs, ~12 s of the 15 s): the camera held a layer above
+/// `q` while the screen share was below `f`, though screen `f` and camera `q` fit at
+/// their rates. Now the camera stays on `q` while the screen waits for its headroom.
 #[test]
-#[ignore = "known issue: after a dip of the estimate the screen stays on h while the camera climbs to h"]
 fn after_the_throttle_the_camera_never_sits_above_q_while_the_screen_is_below_f() {
     let mut inverted = Vec::new();
     for run in 0..8u64 {
@@ -203,6 +203,12 @@ fn after_the_throttle_the_camera_never_sits_above_q_while_the_screen_is_below_f(
             let scr = sim.core.subscription_layer(&bob, &screen);
             if cam > Some(Layer::Q) && scr < Some(Layer::F) {
                 for_ms += 50;
+            }
+            if std::env::var("DBG").is_ok() {
+                println!(
+                    "DBG {run} {cam:?} {scr:?} {:?}",
+                    sim.core.subscriber_estimate(&bob)
+                );
             }
         }
         println!(

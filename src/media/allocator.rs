@@ -29,6 +29,9 @@ pub(crate) const MAX_LAYERS: usize = 4;
 pub(crate) const INITIAL_ESTIMATE_BPS: u64 = 1_000_000;
 /// Climbing to a layer needs this much more than its rate (numerator / 100).
 const CLIMB_HEADROOM_PCT: u64 = 125;
+/// A screen share below its top keeps the cameras beside it at their lowest layer while
+/// its next layer fits at this share of its measured rate (percent).
+const SCREEN_CLAIM_PCT: u64 = 90;
 const MIN_HOLD: Duration = Duration::from_secs(2);
 const MAX_HOLD: Duration = Duration::from_secs(16);
 /// A drop this soon after a climb means the climb failed.
@@ -328,6 +331,24 @@ pub(crate) fn allocate(
             spent += extra;
         }
     }
+    // A screen held below its top by the climb headroom (or barely by the estimate)
+    // keeps its claim: if its next layer fits at [`SCREEN_CLAIM_PCT`] of its measured
+    // rate with the cameras at their lowest, the cameras stay there. So a camera never
+    // sits above its base while the screen, which has priority, could nearly have had
+    // that bandwidth; the screen climbs once the estimate grants the headroom (probing
+    // asks for it). The margin keeps the decision from following the noise of the
+    // measured rates when the screen's next layer only just fits.
+    let screen_waits = demands.iter().zip(out.iter()).any(|(d, l)| {
+        d.priority == Priority::Screen
+            && l.and_then(|cur| d.step_up(cur).map(|next| (cur, next)))
+                .is_some_and(|(cur, next)| {
+                    let claim = d.rate(next).unwrap_or(0).saturating_mul(SCREEN_CLAIM_PCT) / 100;
+                    spent + claim.saturating_sub(d.cost(cur)) <= budget
+                })
+    });
+    if screen_waits {
+        return;
+    }
     // Cameras: one step each in turn, so equals end up equal.
     loop {
         let mut progressed = false;
@@ -412,6 +433,28 @@ mod tests {
         d.cap = 0;
         d.rates[0] = None;
         assert_eq!(run(9_000_000, &[d], true), vec![None]);
+    }
+
+    #[test]
+    fn a_camera_stays_low_while_the_screen_beside_it_nearly_fits_its_next_layer() {
+        let screen = VideoDemand {
+            priority: Priority::Screen,
+            ..cam(Some(1))
+        };
+        // Screen f + camera q fit at their rates but not the screen's climb headroom:
+        // the screen stays on h and the camera on q (camera h would fit).
+        let out = run(F + Q + 20_000, &[cam(Some(0)), screen], true);
+        assert_eq!(out, vec![Some(0), Some(1)]);
+        // The same holds a camera already on h down to q.
+        let out = run(F + Q + 20_000, &[cam(Some(1)), screen], true);
+        assert_eq!(out, vec![Some(0), Some(1)]);
+        // Screen f out of reach even at 90% of its rate: the camera may climb.
+        let out = run(
+            H + H * 125 / 100 + Q + 10_000,
+            &[cam(Some(0)), screen],
+            true,
+        );
+        assert_eq!(out, vec![Some(1), Some(1)]);
     }
 
     #[test]
