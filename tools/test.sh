@@ -43,6 +43,10 @@ for scenario in "fanout --subscribers 3 --rooms 2 --no-bare" \
     "$load" $scenario --seconds 1 --warmup 0 --no-pin --quiet --check
 done
 "$load" bare --bare-seconds 1 --no-pin --quiet --check
+charts="$(mktemp -d)"
+trap 'rm -rf "$charts"' EXIT
+"$load" fanout --subscribers 2 --seconds 1 --warmup 0 --no-pin --quiet --check --png "$charts/fanout.png"
+test -s "$charts/fanout.png" || { echo "prism-load wrote no chart" >&2; exit 1; }
 
 log "Janus comparison smoke: the same small load against Prism and Janus (both must deliver)"
 if ! command -v janus >/dev/null; then
@@ -53,4 +57,6 @@ if ! command -v janus >/dev/null; then
         exit 1
     fi
 fi
-"$load" compare --scenario fanout --subscribers 3 --seconds 1 --warmup 0 --no-pin --quiet --check
+"$load" compare --scenario fanout --subscribers 3 --seconds 1 --warmup 0 --no-pin --quiet --check \
+    --png "$charts/compare.png"
+test -s "$charts/compare.png" || { echo "prism-load compare wrote no chart" >&2; exit 1; }

@@ -150,18 +150,21 @@ pub fn run(a: &Args, stop: &AtomicBool) -> Result<(), String> {
     }
     if let Some(path) = &a.png {
         let bars: Vec<(String, Vec<f64>)> = [
-            ("PKT/S PER CORE", p.per_core, j.per_core),
-            ("CPU US/PKT", p.cpu_us_per_packet, j.cpu_us_per_packet),
-            ("KIB PER SUB", p.mem_per_sub_kib, j.mem_per_sub_kib),
-            ("P95 MS", p.p95, j.p95),
-            ("JOIN P95 MS", p.join95, j.join95),
+            ("pkt/s per busy core", p.per_core, j.per_core),
+            (
+                "CPU µs per packet",
+                p.cpu_us_per_packet,
+                j.cpu_us_per_packet,
+            ),
+            ("KiB per subscriber", p.mem_per_sub_kib, j.mem_per_sub_kib),
+            ("latency p95, ms", p.p95, j.p95),
+            ("join p95, ms", p.join95, j.join95),
         ]
         .into_iter()
         .map(|(n, x, y)| (n.to_string(), vec![x.unwrap_or(0.0), y.unwrap_or(0.0)]))
         .collect();
-        let title = format!("PRISM VS JANUS: {}", a.scenario.name());
-        std::fs::write(path, plot::bar_chart(&title, &["PRISM", "JANUS"], &bars))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let title = format!("Prism vs Janus: {}", a.scenario.name());
+        plot::bar_chart(path, &title, &["Prism", "Janus"], &bars)?;
     }
     if a.check {
         for (name, r, row) in [("prism", &prism, pr), ("janus", &janus, jr)] {

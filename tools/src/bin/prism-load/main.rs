@@ -27,6 +27,7 @@ mod compare;
 mod janus;
 mod media;
 mod plot;
+mod progress;
 mod server;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -85,7 +86,7 @@ Targets:
   prism-load compare --scenario fanout|audio|rooms|... [options]
                        the same load against Prism, then Janus, under the same
                        pinning; one table with the Prism/Janus ratio per row
-Output: --json FILE  --png FILE  --quiet (no progress line)
+Output: --json FILE  --png FILE  --quiet (no progress line; it is drawn only on a terminal)
   --check              exit 1 unless packets were delivered to every subscriber
                        (the CI smoke test; never a speed)";
 
@@ -346,6 +347,7 @@ fn main() {
     match parse_args().and_then(|a| run(&a, &stop)) {
         Ok(()) => {}
         Err(e) => {
+            progress::clear();
             eprintln!("prism-load: {e}");
             std::process::exit(1);
         }
@@ -461,8 +463,7 @@ fn run(a: &Args, stop: &AtomicBool) -> Result<(), String> {
             })
             .collect();
         let title = format!("prism-load {}: forwarded pkt/s and loss", a.scenario.name());
-        std::fs::write(path, plot::ramp_chart(&title, &points))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        plot::ramp_chart(path, &title, &points)?;
     }
     Ok(())
 }
@@ -1035,14 +1036,13 @@ fn run_target(a: &Args, stop: &AtomicBool, report: &mut Report) -> Result<(), St
                 let row = measure_for(a.stage_seconds, stop, a.quiet, &mut swarm, &target, "stage");
                 let (loss, busy) = (row.clients.loss(), row.server.busy_cores.unwrap_or(0.0));
                 if !a.quiet {
-                    eprintln!(
-                        "\r{:>5} subscribers: {:>9.0} pkt/s forwarded, {:.2} busy cores, loss {:.2} %{:20}",
+                    progress::line(&format!(
+                        "{:>5} subscribers: {:>9.0} pkt/s forwarded, {:.2} busy cores, loss {:.2} %",
                         row.subscribers,
                         row.server.forwarded_pps,
                         busy,
                         loss * 100.0,
-                        ""
-                    );
+                    ));
                 }
                 report.rows.push(row);
                 if loss > 0.01 || busy >= 0.95 * cores {
@@ -1052,7 +1052,7 @@ fn run_target(a: &Args, stop: &AtomicBool, report: &mut Report) -> Result<(), St
         }
     }
     if !a.quiet {
-        eprint!("\r{:80}\r", "");
+        progress::clear();
     }
     let joins = swarm.loops.stop();
     report.join_ms = joins.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
@@ -1099,7 +1099,7 @@ fn wait_for(
             return Err(format!("timed out after {limit:?} waiting for {what}"));
         }
         if !quiet && !shown {
-            eprint!("\rwaiting for {what}…{:20}", "");
+            progress::set(format!("waiting for {what}…"));
             shown = true;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -1137,15 +1137,14 @@ fn measure_for(
         if !target.has_metrics() {
             w.forwarded_pps = d.rx_packets as f64 / w.seconds;
         }
-        eprint!(
-            "\r[{label} {:>4.0}s] {} subscribers  fwd {:>8.0} pkt/s  server {:.2} cores  loss {:.2} %  closed {closed}{:10}",
+        progress::set(format!(
+            "[{label} {:>4.0}s] {} subscribers  fwd {:>8.0} pkt/s  server {:.2} cores  loss {:.2} %  closed {closed}",
             now.at.duration_since(a.at).as_secs_f64(),
             swarm.subscribers,
             w.forwarded_pps,
             w.busy_cores.unwrap_or(0.0),
             d.loss() * 100.0,
-            ""
-        );
+        ));
         last = now;
         last_c = c;
     }

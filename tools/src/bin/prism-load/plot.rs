@@ -1,11 +1,15 @@
-//! PNG charts without a plotting crate.
+//! PNG charts (`--png`), drawn with `plotters` on its bitmap backend.
 //!
-//! Why our own: `plotters` draws text only through a system font (font-kit and
-//! fontconfig) or a TTF file shipped with the tool, and brings ~40 crates to a build
-//! that CI runs on two cores; a chart of two lines needs a canvas, a 5×7 bitmap font
-//! and a PNG writer. The PNG is 8-bit indexed colour, compressed with deflate's fixed
-//! Huffman code and run-length matches (distance 1), which suits charts: mostly long
-//! runs of background.
+//! Text is rendered with `ab_glyph` from a font compiled into the tool
+//! (`tools/assets/DejaVuSans-subset.ttf`, DejaVu Sans cut down to Latin-1 punctuation
+//! and ASCII, 27 KiB; licence beside it), so a chart needs no system fonts, no
+//! fontconfig and nothing installed.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
 
 /// One measured stage of a ramp.
 #[derive(Debug, Clone, Copy)]
@@ -15,97 +19,27 @@ pub struct Point {
     pub loss_percent: f64,
 }
 
-const W: usize = 900;
-const H: usize = 520;
-const PALETTE: [[u8; 3]; 6] = [
-    [255, 255, 255], // 0 background
-    [40, 40, 40],    // 1 text, axes
-    [210, 210, 210], // 2 grid
-    [31, 119, 180],  // 3 blue: packets
-    [214, 39, 40],   // 4 red: loss
-    [44, 160, 44],   // 5 green
-];
+const W: u32 = 960;
+const H: u32 = 540;
+const FONT: &[u8] = include_bytes!("../../../assets/DejaVuSans-subset.ttf");
+const BLUE: RGBColor = RGBColor(31, 119, 180);
+const RED: RGBColor = RGBColor(214, 39, 40);
+const ORANGE: RGBColor = RGBColor(255, 127, 14);
 
-struct Canvas {
-    px: Vec<u8>,
-}
-
-impl Canvas {
-    fn new() -> Self {
-        Self { px: vec![0; W * H] }
-    }
-
-    fn set(&mut self, x: i64, y: i64, c: u8) {
-        if (0..W as i64).contains(&x) && (0..H as i64).contains(&y) {
-            self.px[y as usize * W + x as usize] = c;
-        }
-    }
-
-    fn rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, c: u8) {
-        for y in y0.min(y1)..=y0.max(y1) {
-            for x in x0.min(x1)..=x0.max(x1) {
-                self.set(x, y, c);
-            }
-        }
-    }
-
-    fn line(&mut self, (x0, y0): (i64, i64), (x1, y1): (i64, i64), c: u8, thick: i64) {
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-        let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-        loop {
-            self.rect(
-                x - thick / 2,
-                y - thick / 2,
-                x + thick / 2,
-                y + thick / 2,
-                c,
-            );
-            if x == x1 && y == y1 {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-
-    /// Text at (x, y) (top left), `scale` pixels per font pixel.
-    fn text(&mut self, x: i64, y: i64, s: &str, c: u8, scale: i64) {
-        let mut cx = x;
-        for ch in s.chars() {
-            let g = glyph(ch);
-            for (row, bits) in g.iter().enumerate() {
-                for col in 0..5 {
-                    if bits & (0x10 >> col) != 0 {
-                        self.rect(
-                            cx + col * scale,
-                            y + row as i64 * scale,
-                            cx + col * scale + scale - 1,
-                            y + row as i64 * scale + scale - 1,
-                            c,
-                        );
-                    }
-                }
-            }
-            cx += 6 * scale;
-        }
-    }
-
-    fn text_width(s: &str, scale: i64) -> i64 {
-        s.chars().count() as i64 * 6 * scale
-    }
+/// Registers the embedded font as `sans-serif` (once per process).
+fn font() -> Result<(), String> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+                .map_err(|_| "the embedded chart font does not parse".to_string())
+        })
+        .clone()
 }
 
 /// A "nice" axis maximum at or above `v`.
 fn nice_max(v: f64) -> f64 {
-    if v <= 0.0 {
+    if !v.is_finite() || v <= 0.0 {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
@@ -117,24 +51,35 @@ fn nice_max(v: f64) -> f64 {
     10.0 * p
 }
 
+/// An axis or bar label: 1.2M, 66k, 7200, 136, 25.6, 0.59.
 fn label(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.1}M", v / 1e6)
-    } else if v >= 1e3 {
+    } else if v >= 1e4 {
         format!("{:.0}k", v / 1e3)
-    } else if v == v.trunc() {
+    } else if v >= 100.0 || v == v.trunc() {
         format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
     } else {
         format!("{v:.2}")
     }
 }
 
-/// Forwarded packets/s (blue, left axis) and loss % (red, right axis) against the
-/// subscriber count.
-pub fn ramp_chart(title: &str, points: &[Point]) -> Vec<u8> {
-    let mut c = Canvas::new();
-    let (l, r, t, b) = (90i64, W as i64 - 80, 50i64, H as i64 - 60);
-    c.text(l, 15, title, 1, 2);
+fn err(path: &Path) -> impl Fn(String) -> String + '_ {
+    move |e| format!("{}: {e}", path.display())
+}
+
+/// Writes forwarded packets/s (blue, left axis) and loss % (red, right axis) against
+/// the subscriber count to `path` as a PNG.
+pub fn ramp_chart(path: &Path, title: &str, points: &[Point]) -> Result<(), String> {
+    font()?;
+    draw_ramp(path, title, points).map_err(err(path))
+}
+
+fn draw_ramp(path: &Path, title: &str, points: &[Point]) -> Result<(), String> {
+    let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let xmax = nice_max(points.iter().map(|p| p.x).fold(0.0, f64::max));
     let ymax = nice_max(points.iter().map(|p| p.pps).fold(0.0, f64::max));
     let lmax = nice_max(
@@ -144,373 +89,211 @@ pub fn ramp_chart(title: &str, points: &[Point]) -> Vec<u8> {
             .fold(0.0, f64::max)
             .max(1.0),
     );
-    for i in 0..=5 {
-        let y = b - (b - t) * i / 5;
-        c.line((l, y), (r, y), 2, 1);
-        let yl = label(ymax * i as f64 / 5.0);
-        c.text(l - 8 - Canvas::text_width(&yl, 2), y - 7, &yl, 3, 2);
-        let ll = label(lmax * i as f64 / 5.0);
-        c.text(r + 8, y - 7, &ll, 4, 2);
-        let x = l + (r - l) * i / 5;
-        let xl = label(xmax * i as f64 / 5.0);
-        c.text(x - Canvas::text_width(&xl, 2) / 2, b + 10, &xl, 1, 2);
-    }
-    c.line((l, t), (l, b), 1, 2);
-    c.line((l, b), (r, b), 1, 2);
-    c.line((r, t), (r, b), 1, 2);
-    c.text(l, H as i64 - 25, "SUBSCRIBERS", 1, 2);
-    c.text(l + 200, H as i64 - 25, "FORWARDED PKT/S", 3, 2);
-    c.text(l + 420, H as i64 - 25, "LOSS %", 4, 2);
-    let at = |x: f64, y: f64, max: f64| {
-        (
-            l + ((r - l) as f64 * x / xmax) as i64,
-            b - ((b - t) as f64 * (y / max).min(1.0)) as i64,
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(72)
+        .right_y_label_area_size(60)
+        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+        .map_err(|e| e.to_string())?
+        .set_secondary_coord(0f64..xmax, 0f64..lmax);
+    chart
+        .configure_mesh()
+        .x_desc("subscribers")
+        .y_desc("forwarded packets/s")
+        .y_label_formatter(&|v| label(*v))
+        .x_label_formatter(&|v| label(*v))
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("loss %")
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().map(|p| (p.x, p.pps)),
+            BLUE.stroke_width(3),
+        ))
+        .map_err(|e| e.to_string())?
+        .label("forwarded pkt/s")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(3)));
+    chart
+        .draw_series(
+            points
+                .iter()
+                .map(|p| Circle::new((p.x, p.pps), 4, BLUE.filled())),
         )
-    };
-    for (series, color) in [(0, 3u8), (1, 4u8)] {
-        let pts: Vec<(i64, i64)> = points
-            .iter()
-            .map(|p| {
-                if series == 0 {
-                    at(p.x, p.pps, ymax)
-                } else {
-                    at(p.x, p.loss_percent, lmax)
-                }
-            })
-            .collect();
-        for w in pts.windows(2) {
-            c.line(w[0], w[1], color, 3);
-        }
-        for p in &pts {
-            c.rect(p.0 - 3, p.1 - 3, p.0 + 3, p.1 + 3, color);
-        }
-    }
-    encode_png(&c.px, W, H, &PALETTE)
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_secondary_series(LineSeries::new(
+            points.iter().map(|p| (p.x, p.loss_percent.min(lmax))),
+            RED.stroke_width(3),
+        ))
+        .map_err(|e| e.to_string())?
+        .label("loss %")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(3)));
+    chart
+        .draw_secondary_series(
+            points
+                .iter()
+                .map(|p| Circle::new((p.x, p.loss_percent.min(lmax)), 4, RED.filled())),
+        )
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
 }
 
-/// Grouped bars: for each row label, one bar per series (each group scaled to its own
-/// largest value; the value is written above each bar).
-pub fn bar_chart(title: &str, series: &[&str], rows: &[(String, Vec<f64>)]) -> Vec<u8> {
-    let mut c = Canvas::new();
-    let (l, r, t, b) = (30i64, W as i64 - 30, 80i64, H as i64 - 50);
-    c.text(l, 15, title, 1, 2);
+/// Writes grouped bars to `path` as a PNG: one panel per row (its own scale, since the
+/// rows have different units), one bar per series, the value above each bar.
+pub fn bar_chart(
+    path: &Path,
+    title: &str,
+    series: &[&str],
+    rows: &[(String, Vec<f64>)],
+) -> Result<(), String> {
+    font()?;
+    draw_bars(path, title, series, rows).map_err(err(path))
+}
+
+fn draw_bars(
+    path: &Path,
+    title: &str,
+    series: &[&str],
+    rows: &[(String, Vec<f64>)],
+) -> Result<(), String> {
+    let colors = [BLUE, ORANGE, RED];
+    let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root
+        .titled(title, ("sans-serif", 24))
+        .map_err(|e| e.to_string())?;
+    let (legend, panels) = root.split_vertically(36);
     for (i, s) in series.iter().enumerate() {
-        let x = l + 200 * i as i64;
-        c.rect(x, 47, x + 14, 61, 3 + (i % 3) as u8);
-        c.text(x + 22, 48, s, 1, 2);
+        let x = 24 + 180 * i as i32;
+        let c = colors[i % colors.len()];
+        legend
+            .draw(&Rectangle::new([(x, 10), (x + 16, 26)], c.filled()))
+            .map_err(|e| e.to_string())?;
+        legend
+            .draw_text(s, &("sans-serif", 17).into_text_style(&legend), (x + 24, 9))
+            .map_err(|e| e.to_string())?;
     }
-    c.line((l, b), (r, b), 1, 2);
-    let gw = (r - l) / rows.len().max(1) as i64;
-    for (g, (name, values)) in rows.iter().enumerate() {
-        let x0 = l + gw * g as i64;
-        let max = values.iter().copied().fold(0.0, f64::max).max(1e-12);
-        let bw = (gw - 30) / values.len().max(1) as i64;
-        for (i, v) in values.iter().enumerate() {
-            let h = ((b - t - 30) as f64 * (v / max)) as i64;
-            let bx = x0 + 15 + bw * i as i64;
-            c.rect(bx + 3, b - h, bx + bw - 3, b - 1, 3 + (i % 3) as u8);
-            let vl = label(*v);
-            c.text(
-                bx + bw / 2 - Canvas::text_width(&vl, 1) / 2,
-                b - h - 12,
-                &vl,
-                1,
-                1,
-            );
-        }
-        c.text(x0 + 15, b + 12, name, 1, 1);
+    let areas = panels.split_evenly((1, rows.len().max(1)));
+    for (area, (name, values)) in areas.iter().zip(rows) {
+        let max = nice_max(values.iter().copied().fold(0.0, f64::max) * 1.15);
+        let n = values.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(area)
+            .caption(name, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(8)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0f64..n, 0f64..max)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .disable_x_axis()
+            .y_labels(5)
+            .y_label_formatter(&|v| label(*v))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(values.iter().enumerate().map(|(i, v)| {
+                let c = colors[i % colors.len()];
+                Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)], c.filled())
+            }))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(values.iter().enumerate().map(|(i, v)| {
+                Text::new(
+                    label(*v),
+                    (i as f64 + 0.2, v + max * 0.07),
+                    ("sans-serif", 14).into_font(),
+                )
+            }))
+            .map_err(|e| e.to_string())?;
     }
-    encode_png(&c.px, W, H, &PALETTE)
-}
-
-// ----- PNG -------------------------------------------------------------------------------
-
-fn crc32(data: &[u8], mut crc: u32) -> u32 {
-    crc = !crc;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn adler32(data: &[u8]) -> u32 {
-    let (mut a, mut b) = (1u32, 0u32);
-    for chunk in data.chunks(5552) {
-        for &x in chunk {
-            a += u32::from(x);
-            b += a;
-        }
-        a %= 65521;
-        b %= 65521;
-    }
-    (b << 16) | a
-}
-
-struct Bits {
-    out: Vec<u8>,
-    acc: u32,
-    n: u32,
-}
-
-impl Bits {
-    /// Writes `len` bits of `v`, least significant first.
-    fn put(&mut self, v: u32, len: u32) {
-        self.acc |= v << self.n;
-        self.n += len;
-        while self.n >= 8 {
-            self.out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.n -= 8;
-        }
-    }
-
-    /// Writes a Huffman code (most significant bit first).
-    fn code(&mut self, code: u32, len: u32) {
-        let mut rev = 0;
-        for i in 0..len {
-            rev |= ((code >> i) & 1) << (len - 1 - i);
-        }
-        self.put(rev, len);
-    }
-
-    fn literal(&mut self, v: u32) {
-        match v {
-            0..=143 => self.code(0x30 + v, 8),
-            144..=255 => self.code(0x190 + v - 144, 9),
-            256..=279 => self.code(v - 256, 7),
-            _ => self.code(0xC0 + v - 280, 8),
-        }
-    }
-
-    /// A match of `len` (3..=258) at distance 1.
-    fn run(&mut self, len: u32) {
-        const BASE: [u32; 29] = [
-            3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99,
-            115, 131, 163, 195, 227, 258,
-        ];
-        const EXTRA: [u32; 29] = [
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
-        ];
-        let i = BASE.iter().rposition(|&b| b <= len).expect("len >= 3");
-        self.literal(257 + i as u32);
-        self.put(len - BASE[i], EXTRA[i]);
-        self.code(0, 5); // distance code 0: distance 1
-    }
-}
-
-/// Deflate (fixed Huffman, runs as distance-1 matches) in a zlib wrapper.
-fn zlib(data: &[u8]) -> Vec<u8> {
-    let mut bits = Bits {
-        out: vec![0x78, 0x01],
-        acc: 0,
-        n: 0,
-    };
-    bits.put(1, 1); // final block
-    bits.put(1, 2); // fixed Huffman
-    let mut i = 0;
-    while i < data.len() {
-        if i > 0 {
-            let prev = data[i - 1];
-            let mut n = 0;
-            while i + n < data.len() && n < 258 && data[i + n] == prev {
-                n += 1;
-            }
-            if n >= 3 {
-                bits.run(n as u32);
-                i += n;
-                continue;
-            }
-        }
-        bits.literal(u32::from(data[i]));
-        i += 1;
-    }
-    bits.literal(256);
-    if bits.n > 0 {
-        bits.put(0, 8 - bits.n);
-    }
-    let mut out = bits.out;
-    out.extend_from_slice(&adler32(data).to_be_bytes());
-    out
-}
-
-/// An 8-bit indexed-colour PNG.
-pub fn encode_png(px: &[u8], w: usize, h: usize, palette: &[[u8; 3]]) -> Vec<u8> {
-    let mut raw = Vec::with_capacity((w + 1) * h);
-    for row in px.chunks(w) {
-        raw.push(0); // filter: none
-        raw.extend_from_slice(row);
-    }
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut chunk = |kind: &[u8; 4], data: &[u8]| {
-        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        png.extend_from_slice(kind);
-        png.extend_from_slice(data);
-        let crc = crc32(data, crc32(kind, 0));
-        png.extend_from_slice(&crc.to_be_bytes());
-    };
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&(w as u32).to_be_bytes());
-    ihdr.extend_from_slice(&(h as u32).to_be_bytes());
-    ihdr.extend_from_slice(&[8, 3, 0, 0, 0]);
-    chunk(b"IHDR", &ihdr);
-    let plte: Vec<u8> = palette.iter().flatten().copied().collect();
-    chunk(b"PLTE", &plte);
-    chunk(b"IDAT", &zlib(&raw));
-    chunk(b"IEND", &[]);
-    png
-}
-
-/// A 5×7 glyph (rows top to bottom, bit 4 = leftmost column). Lower case is drawn as
-/// upper case; unknown characters as a box.
-fn glyph(c: char) -> [u8; 7] {
-    match c.to_ascii_uppercase() {
-        ' ' => [0; 7],
-        '0' => [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
-        '1' => [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
-        '2' => [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F],
-        '3' => [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E],
-        '4' => [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02],
-        '5' => [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E],
-        '6' => [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E],
-        '7' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
-        '8' => [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E],
-        '9' => [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
-        'A' => [0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
-        'B' => [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E],
-        'C' => [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E],
-        'D' => [0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C],
-        'E' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F],
-        'F' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10],
-        'G' => [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F],
-        'H' => [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
-        'I' => [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E],
-        'J' => [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C],
-        'K' => [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11],
-        'L' => [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F],
-        'M' => [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11],
-        'N' => [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11],
-        'O' => [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
-        'P' => [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10],
-        'Q' => [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D],
-        'R' => [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11],
-        'S' => [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E],
-        'T' => [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
-        'U' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
-        'V' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04],
-        'W' => [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A],
-        'X' => [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11],
-        'Y' => [0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04],
-        'Z' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F],
-        '.' => [0, 0, 0, 0, 0, 0x0C, 0x0C],
-        ',' => [0, 0, 0, 0, 0x0C, 0x04, 0x08],
-        ':' => [0, 0x0C, 0x0C, 0, 0x0C, 0x0C, 0],
-        '-' => [0, 0, 0, 0x1F, 0, 0, 0],
-        '+' => [0, 0x04, 0x04, 0x1F, 0x04, 0x04, 0],
-        '/' => [0x01, 0x01, 0x02, 0x04, 0x08, 0x10, 0x10],
-        '%' => [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03],
-        '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
-        ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
-        '=' => [0, 0, 0x1F, 0, 0x1F, 0, 0],
-        '_' => [0, 0, 0, 0, 0, 0, 0x1F],
-        '>' => [0x08, 0x04, 0x02, 0x01, 0x02, 0x04, 0x08],
-        _ => [0x1F, 0x11, 0x11, 0x11, 0x11, 0x11, 0x1F],
-    }
+    root.present().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Inflates a stream of fixed-Huffman blocks with distance-1 matches only (enough to
-    /// check what [`zlib`] writes).
-    fn inflate_fixed(z: &[u8]) -> Vec<u8> {
-        let data = &z[2..z.len() - 4];
-        let mut pos = 0usize;
-        let bit = |pos: &mut usize| {
-            let b = (data[*pos / 8] >> (*pos % 8)) & 1;
-            *pos += 1;
-            u32::from(b)
-        };
-        let bits = |pos: &mut usize, n: u32| (0..n).fold(0, |v, i| v | (bit(pos) << i));
-        let huff = |pos: &mut usize, n: u32| (0..n).fold(0, |v, _| (v << 1) | bit(pos));
-        assert_eq!(bits(&mut pos, 3), 0b011);
-        let mut out: Vec<u8> = Vec::new();
-        loop {
-            let mut code = huff(&mut pos, 7);
-            let sym = if code <= 0x17 {
-                code + 256
-            } else {
-                code = (code << 1) | bit(&mut pos);
-                if (0x30..=0xBF).contains(&code) {
-                    code - 0x30
-                } else if (0xC0..=0xC7).contains(&code) {
-                    code - 0xC0 + 280
-                } else {
-                    code = (code << 1) | bit(&mut pos);
-                    code - 0x190 + 144
-                }
-            };
-            match sym {
-                0..=255 => out.push(sym as u8),
-                256 => break,
-                _ => {
-                    const BASE: [u32; 29] = [
-                        3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59,
-                        67, 83, 99, 115, 131, 163, 195, 227, 258,
-                    ];
-                    const EXTRA: [u32; 29] = [
-                        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5,
-                        5, 5, 5, 0,
-                    ];
-                    let i = (sym - 257) as usize;
-                    let len = BASE[i] + bits(&mut pos, EXTRA[i]);
-                    assert_eq!(huff(&mut pos, 5), 0, "distance 1");
-                    let last = *out.last().expect("a match after a literal");
-                    out.extend(std::iter::repeat_n(last, len as usize));
-                }
-            }
-        }
-        assert_eq!(
-            u32::from_be_bytes(z[z.len() - 4..].try_into().unwrap()),
-            adler32(&out)
-        );
-        out
+    fn png_size(path: &Path) -> (u32, u32) {
+        let b = std::fs::read(path).expect("chart written");
+        assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+        let w = u32::from_be_bytes(b[16..20].try_into().expect("4 bytes"));
+        let h = u32::from_be_bytes(b[20..24].try_into().expect("4 bytes"));
+        (w, h)
     }
 
     #[test]
-    fn deflate_round_trips() {
-        let mut data = vec![0u8; 1000];
-        data.extend((0..=255u8).cycle().take(700));
-        data.extend(std::iter::repeat_n(7u8, 300));
-        assert_eq!(inflate_fixed(&zlib(&data)), data);
+    fn ramp_and_bar_charts_are_pngs_of_the_chart_size() {
+        let dir = std::env::temp_dir().join(format!("prism-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ramp = dir.join("ramp.png");
+        let points = [
+            Point {
+                x: 10.0,
+                pps: 20_000.0,
+                loss_percent: 0.0,
+            },
+            Point {
+                x: 100.0,
+                pps: 180_000.0,
+                loss_percent: 0.4,
+            },
+            Point {
+                x: 300.0,
+                pps: 240_000.0,
+                loss_percent: 3.5,
+            },
+        ];
+        ramp_chart(
+            &ramp,
+            "prism-load fanout: forwarded pkt/s and loss",
+            &points,
+        )
+        .expect("ramp chart");
+        assert_eq!(png_size(&ramp), (W, H));
+        let bars = dir.join("bars.png");
+        let rows = vec![
+            ("pkt/s per core".to_string(), vec![66_500.0, 39_100.0]),
+            ("CPU µs/pkt".to_string(), vec![15.0, 25.6]),
+            ("zero".to_string(), vec![0.0, 0.0]),
+        ];
+        bar_chart(&bars, "Prism vs Janus: fanout", &["Prism", "Janus"], &rows).expect("bar chart");
+        assert_eq!(png_size(&bars), (W, H));
+        // The rendering is not blank: a PNG of one colour compresses to far less.
+        assert!(std::fs::metadata(&bars).expect("written").len() > 8_000);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
-    fn charts_are_pngs() {
-        let png = ramp_chart(
-            "t",
-            &[
-                Point {
-                    x: 10.0,
-                    pps: 1000.0,
-                    loss_percent: 0.0,
-                },
-                Point {
-                    x: 20.0,
-                    pps: 2000.0,
-                    loss_percent: 0.5,
-                },
-            ],
-        );
-        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        assert_eq!(crc32(b"IEND", 0), 0xAE42_6082);
-        assert!(png.len() < 100_000);
+    fn labels_and_axis_maxima() {
+        assert_eq!(label(1_500_000.0), "1.5M");
+        assert_eq!(label(66_500.0), "66k");
+        assert_eq!(label(250.0), "250");
+        assert_eq!(label(7200.004), "7200");
+        assert_eq!(label(136.2), "136");
+        assert_eq!(label(25.63), "25.6");
+        assert_eq!(label(0.59), "0.59");
+        assert_eq!(nice_max(0.0), 1.0);
+        assert_eq!(nice_max(f64::NAN), 1.0);
+        assert_eq!(nice_max(180_000.0), 200_000.0);
+        assert_eq!(nice_max(240_000.0), 250_000.0);
     }
 }
