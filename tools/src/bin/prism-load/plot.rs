@@ -5,6 +5,7 @@
 //! and ASCII, 27 KiB; licence beside it), so a chart needs no system fonts, no
 //! fontconfig and nothing installed.
 
+use std::error::Error;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -66,7 +67,7 @@ fn label(v: f64) -> String {
     }
 }
 
-fn err(path: &Path) -> impl Fn(String) -> String + '_ {
+fn err(path: &Path) -> impl Fn(Box<dyn Error>) -> String + '_ {
     move |e| format!("{}: {e}", path.display())
 }
 
@@ -77,9 +78,9 @@ pub fn ramp_chart(path: &Path, title: &str, points: &[Point]) -> Result<(), Stri
     draw_ramp(path, title, points).map_err(err(path))
 }
 
-fn draw_ramp(path: &Path, title: &str, points: &[Point]) -> Result<(), String> {
+fn draw_ramp(path: &Path, title: &str, points: &[Point]) -> Result<(), Box<dyn Error>> {
     let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    root.fill(&WHITE)?;
     let xmax = nice_max(points.iter().map(|p| p.x).fold(0.0, f64::max));
     let ymax = nice_max(points.iter().map(|p| p.pps).fold(0.0, f64::max));
     let lmax = nice_max(
@@ -95,8 +96,7 @@ fn draw_ramp(path: &Path, title: &str, points: &[Point]) -> Result<(), String> {
         .x_label_area_size(44)
         .y_label_area_size(72)
         .right_y_label_area_size(60)
-        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
-        .map_err(|e| e.to_string())?
+        .build_cartesian_2d(0f64..xmax, 0f64..ymax)?
         .set_secondary_coord(0f64..xmax, 0f64..lmax);
     chart
         .configure_mesh()
@@ -105,53 +105,40 @@ fn draw_ramp(path: &Path, title: &str, points: &[Point]) -> Result<(), String> {
         .y_label_formatter(&|v| label(*v))
         .x_label_formatter(&|v| label(*v))
         .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(|e| e.to_string())?;
+        .draw()?;
     chart
         .configure_secondary_axes()
         .y_desc("loss %")
         .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(|e| e.to_string())?;
+        .draw()?;
     chart
-        .draw_series(LineSeries::new(
-            points.iter().map(|p| (p.x, p.pps)),
-            BLUE.stroke_width(3),
-        ))
-        .map_err(|e| e.to_string())?
+        .draw_series(
+            LineSeries::new(
+                points.iter().map(|p| (p.x, p.pps)),
+                BLUE.filled().stroke_width(3),
+            )
+            .point_size(4),
+        )?
         .label("forwarded pkt/s")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(3)));
     chart
-        .draw_series(
-            points
-                .iter()
-                .map(|p| Circle::new((p.x, p.pps), 4, BLUE.filled())),
-        )
-        .map_err(|e| e.to_string())?;
-    chart
-        .draw_secondary_series(LineSeries::new(
-            points.iter().map(|p| (p.x, p.loss_percent.min(lmax))),
-            RED.stroke_width(3),
-        ))
-        .map_err(|e| e.to_string())?
+        .draw_secondary_series(
+            LineSeries::new(
+                points.iter().map(|p| (p.x, p.loss_percent.min(lmax))),
+                RED.filled().stroke_width(3),
+            )
+            .point_size(4),
+        )?
         .label("loss %")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(3)));
-    chart
-        .draw_secondary_series(
-            points
-                .iter()
-                .map(|p| Circle::new((p.x, p.loss_percent.min(lmax)), 4, RED.filled())),
-        )
-        .map_err(|e| e.to_string())?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
-        .draw()
-        .map_err(|e| e.to_string())?;
-    root.present().map_err(|e| e.to_string())
+        .draw()?;
+    Ok(root.present()?)
 }
 
 /// Writes grouped bars to `path` as a PNG: one panel per row (its own scale, since the
@@ -171,23 +158,17 @@ fn draw_bars(
     title: &str,
     series: &[&str],
     rows: &[(String, Vec<f64>)],
-) -> Result<(), String> {
+) -> Result<(), Box<dyn Error>> {
     let colors = [BLUE, ORANGE, RED];
     let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let root = root
-        .titled(title, ("sans-serif", 24))
-        .map_err(|e| e.to_string())?;
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 24))?;
     let (legend, panels) = root.split_vertically(36);
     for (i, s) in series.iter().enumerate() {
         let x = 24 + 180 * i as i32;
         let c = colors[i % colors.len()];
-        legend
-            .draw(&Rectangle::new([(x, 10), (x + 16, 26)], c.filled()))
-            .map_err(|e| e.to_string())?;
-        legend
-            .draw_text(s, &("sans-serif", 17).into_text_style(&legend), (x + 24, 9))
-            .map_err(|e| e.to_string())?;
+        legend.draw(&Rectangle::new([(x, 10), (x + 16, 26)], c.filled()))?;
+        legend.draw_text(s, &("sans-serif", 17).into_text_style(&legend), (x + 24, 9))?;
     }
     let areas = panels.split_evenly((1, rows.len().max(1)));
     for (area, (name, values)) in areas.iter().zip(rows) {
@@ -198,8 +179,7 @@ fn draw_bars(
             .margin(10)
             .x_label_area_size(8)
             .y_label_area_size(48)
-            .build_cartesian_2d(0f64..n, 0f64..max)
-            .map_err(|e| e.to_string())?;
+            .build_cartesian_2d(0f64..n, 0f64..max)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -207,25 +187,20 @@ fn draw_bars(
             .y_labels(5)
             .y_label_formatter(&|v| label(*v))
             .label_style(("sans-serif", 13))
-            .draw()
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(values.iter().enumerate().map(|(i, v)| {
-                let c = colors[i % colors.len()];
-                Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)], c.filled())
-            }))
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(values.iter().enumerate().map(|(i, v)| {
-                Text::new(
-                    label(*v),
-                    (i as f64 + 0.2, v + max * 0.07),
-                    ("sans-serif", 14).into_font(),
-                )
-            }))
-            .map_err(|e| e.to_string())?;
+            .draw()?;
+        chart.draw_series(values.iter().enumerate().map(|(i, v)| {
+            let c = colors[i % colors.len()];
+            Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)], c.filled())
+        }))?;
+        chart.draw_series(values.iter().enumerate().map(|(i, v)| {
+            Text::new(
+                label(*v),
+                (i as f64 + 0.2, v + max * 0.07),
+                ("sans-serif", 14).into_font(),
+            )
+        }))?;
     }
-    root.present().map_err(|e| e.to_string())
+    Ok(root.present()?)
 }
 
 #[cfg(test)]
